@@ -1,0 +1,147 @@
+"""The aiohttp application: routes, the live configuration, and reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import time
+from pathlib import Path
+
+import yaml
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from . import __version__
+from .config import ConfigError, Settings, load_file
+from .inventory import Inventory, build_inventory
+from .metrics import ReloadStatus, ScrapeCollector
+from .scrape import run_scrape, scrape_budget
+
+__all__ = ["RUNTIME", "Runtime", "make_app"]
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+
+
+class Runtime:
+    """The configuration in force and its inventory; swapped whole on a successful reload."""
+
+    def __init__(self, config_file: Path, settings: Settings, inventory: Inventory) -> None:
+        self.config_file = config_file
+        self.settings = settings
+        self.inventory = inventory
+        self.reload_status = ReloadStatus(successful=True, last_success=time.time())
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def load(cls, config_file: Path) -> Runtime:
+        settings = load_file(config_file)
+        return cls(config_file, settings, await build_inventory(settings))
+
+    async def reload(self) -> None:
+        """Load the file again; on any problem keep the configuration in force and re-raise."""
+        async with self._lock:
+            try:
+                settings = await asyncio.to_thread(load_file, self.config_file)
+                inventory = await build_inventory(settings)
+            except ConfigError:
+                self.reload_status = ReloadStatus(False, self.reload_status.last_success)
+                raise
+            self.settings, self.inventory = settings, inventory
+            self.reload_status = ReloadStatus(True, time.time())
+            log.info(
+                "configuration reloaded from %s: %d servers",
+                self.config_file,
+                len(inventory.servers),
+            )
+
+    async def reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except ConfigError as exc:
+            log.error("reload failed, keeping the previous configuration: %s", exc)
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    settings, inventory = runtime.settings, runtime.inventory
+    budget = scrape_budget(request.headers.get(TIMEOUT_HEADER), settings)
+    result = await run_scrape(settings, inventory, budget)
+    collector = ScrapeCollector(result, settings, inventory, runtime.reload_status)
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    response = web.Response(body=encoder(collector), headers={"Content-Type": content_type})
+    response.enable_compression()
+    return response
+
+
+async def healthy(request: web.Request) -> web.Response:
+    return web.Response(text="Healthy\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    return web.Response(text="Ready\n")
+
+
+async def config(request: web.Request) -> web.Response:
+    text = yaml.safe_dump(request.app[RUNTIME].settings.redacted(), sort_keys=False)
+    return web.Response(text=text, content_type="text/plain")
+
+
+async def reload(request: web.Request) -> web.Response:
+    try:
+        await request.app[RUNTIME].reload()
+    except ConfigError as exc:
+        log.error("reload failed, keeping the previous configuration: %s", exc)
+        return web.Response(
+            status=500, text=f"reload failed, previous configuration kept:\n{exc}\n"
+        )
+    return web.Response(text="configuration reloaded\n")
+
+
+async def landing(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    rows = "\n".join(
+        f"<tr><td>{html.escape(s.name)}</td><td>{s.role.value}</td>"
+        f"<td>{html.escape(s.address or '(DNS)')}</td><td>{html.escape(s.origin)}</td></tr>"
+        for s in runtime.inventory.servers
+    )
+    discoveries = "".join(
+        f"<li>{d.role.value} by {html.escape(d.method)}: "
+        f"{'ok, ' + str(d.found) + ' found' if d.success else 'failed (' + html.escape(d.reason) + ')'}</li>"
+        for d in runtime.inventory.discoveries
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>exchange-auth-exporter</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}</style>
+</head><body>
+<h1>exchange-auth-exporter {html.escape(__version__)}</h1>
+<p>Watches the causes of Exchange server-to-server Kerberos failures
+(454 4.7.0, KB 979174) for realm <b>{html.escape(runtime.settings.realm)}</b>.</p>
+<ul><li><a href="metrics">/metrics</a></li><li><a href="config">/config</a></li>
+<li><a href="-/healthy">/-/healthy</a></li><li><a href="-/ready">/-/ready</a></li></ul>
+<h2>Inventory</h2>
+<table><tr><th>server</th><th>role</th><th>address</th><th>from</th></tr>
+{rows}
+</table>
+<ul>{discoveries}</ul>
+</body></html>
+"""
+    return web.Response(text=page, content_type="text/html")
+
+
+def make_app(runtime: Runtime) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    app[RUNTIME] = runtime
+    app.router.add_get("/", landing)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/config", config)
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_post("/-/reload", reload)
+    return app

@@ -1,0 +1,135 @@
+"""What every check shares: its context, its failures, and the clock readings it may yield.
+
+A check is ``async def check_x(ctx, target, settings) -> Result``: it does I/O and returns
+plain data. It raises :class:`CheckError` with a bounded ``reason`` when it reaches no
+verdict; the scrape runner turns that, a timeout or any other exception into a failed run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from prometheus_client.core import Metric
+
+from ..config import Settings
+from ..inventory import Server
+
+__all__ = [
+    "CheckContext",
+    "CheckError",
+    "CheckRun",
+    "CheckSpec",
+    "ClockReading",
+    "Failure",
+    "HasClockReadings",
+    "Resolver",
+]
+
+S = TypeVar("S")
+R = TypeVar("R")
+
+
+class CheckError(Exception):
+    """A check reached no verdict. ``reason`` is a short label value; ``detail`` is for logs."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail or reason
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClockReading:
+    """One reading of a server's clock: server time minus exporter time, in seconds."""
+
+    server: Server
+    source: str
+    offset: float
+    uncertainty: float
+
+
+class HasClockReadings(Protocol):
+    """A result that carries clock readings feeds the skew pairs, whatever check made it."""
+
+    @property
+    def clock_readings(self) -> Sequence[ClockReading]: ...
+
+
+class Resolver:
+    """Name to address, once per scrape per name, so checks on one server share the answer."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, asyncio.Future[str]] = {}
+
+    async def address(self, server: Server) -> str:
+        if server.address:
+            return server.address
+        future = self._pending.get(server.name)
+        if future is None:
+            future = asyncio.ensure_future(self._lookup(server.name))
+            self._pending[server.name] = future
+        return await asyncio.shield(future)
+
+    @staticmethod
+    async def _lookup(name: str) -> str:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise CheckError("dns", f"cannot resolve {name}: {exc}") from None
+        if not infos:
+            raise CheckError("dns", f"{name} has no address")
+        return str(infos[0][4][0])
+
+
+@dataclass(slots=True)
+class CheckContext:
+    """Per scrape, shared by all checks: the deadline (event-loop time) and the resolver."""
+
+    deadline: float
+    settings: Settings
+    resolver: Resolver = field(default_factory=Resolver)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRun(Generic[R]):
+    """One check on one server in one scrape: its result or why there is none."""
+
+    check: str
+    server: Server
+    outcome: R | Failure
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return not isinstance(self.outcome, Failure)
+
+
+@dataclass(frozen=True)
+class CheckSpec(Generic[S, R]):
+    """A row of the check table: how to run a check, on whom, and how to report it."""
+
+    name: str
+    run: Callable[[CheckContext, Server, S], Awaitable[R]]
+    settings: Callable[[Settings], S]
+    enabled: Callable[[S], bool]
+    applies_to: Callable[[Server, S], bool]
+    timeout: Callable[[S], float]
+    # Turns this check's runs of one scrape into metric families; called from collect().
+    emit: Callable[[Sequence[CheckRun[R]], S], Iterable[Metric]]
+
+    def bind(self, settings: Settings) -> S:
+        return self.settings(settings)
+
+    def erased(self) -> CheckSpec[Any, Any]:
+        return self

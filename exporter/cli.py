@@ -1,0 +1,117 @@
+"""Command line: Prometheus-style flags, then serve until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from . import __version__
+from .app import Runtime, make_app
+from .config import ConfigError, load_file
+from .log import setup_logging
+
+__all__ = ["main", "parse_listen_address"]
+
+log = logging.getLogger("exporter")
+
+DEFAULT_LISTEN = ":9817"
+
+
+def parse_listen_address(value: str) -> tuple[str | None, int]:
+    """``:9817`` (all interfaces), ``127.0.0.1:9817`` or ``[::1]:9817``."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise argparse.ArgumentTypeError(f"invalid listen address {value!r}: expected [host]:port")
+    host = host.strip("[]")
+    return (host or None), int(port_text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exchange-auth-exporter",
+        description="Prometheus exporter for the causes of Exchange server-to-server "
+        "Kerberos failures (454 4.7.0 Temporary authentication failure).",
+    )
+    parser.add_argument(
+        "--config.file", dest="config_file", type=Path, default=Path("exchange-auth-exporter.yml")
+    )
+    parser.add_argument(
+        "--config.check",
+        dest="config_check",
+        action="store_true",
+        help="validate the configuration file and exit 0 (valid) or 1 (with the problems)",
+    )
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        type=parse_listen_address,
+        default=parse_listen_address(DEFAULT_LISTEN),
+    )
+    parser.add_argument(
+        "--log.level", dest="log_level", choices=["debug", "info", "warn", "error"], default="info"
+    )
+    parser.add_argument(
+        "--log.format", dest="log_format", choices=["logfmt", "json"], default="logfmt"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+async def _serve(runtime: Runtime, host: str | None, port: int) -> None:
+    runner = web.AppRunner(make_app(runtime), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, shutdown_timeout=5.0)
+    await site.start()
+    log.info(
+        "listening on %s:%d with %d servers", host or "*", port, len(runtime.inventory.servers)
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(runtime.reload_logged()))
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    if args.config_check:
+        try:
+            settings = load_file(args.config_file)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        count = len(settings.domain_controllers.static) + len(settings.exchange_servers.static)
+        print(f"{args.config_file}: valid ({count} static servers)")
+        return 0
+
+    async def run() -> None:
+        runtime = await Runtime.load(args.config_file)
+        await _serve(runtime, *args.listen)
+
+    try:
+        asyncio.run(run())
+    except ConfigError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

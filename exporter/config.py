@@ -1,0 +1,429 @@
+"""Configuration: YAML text -> validated, frozen settings, or one ConfigError listing every problem.
+
+Every problem names its YAML path (``checks.clock.timeout``) and, where the file is known, its
+line. Secrets are read from a file or the environment at load time and kept in private
+attributes, so they never reach ``model_dump()``, ``/config``, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "format_duration",
+    "load_file",
+    "load_text",
+    "parse_duration",
+]
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` lists every reason, one line each."""
+
+    def __init__(self, source: str, problems: Iterable[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        count = len(self.problems)
+        return f"{self.source}: {count} problem{'s' if count != 1 else ''}:\n{lines}"
+
+
+def parse_duration(value: object) -> float:
+    """Parse a Prometheus-style duration (``30s``, ``5m``, ``1m30s``, ``250ms``) into seconds."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f"expected a duration with a unit such as 30s or 5m, got {value!r}")
+    text = value.strip()
+    pos, total = 0, 0.0
+    for match in _DURATION_RE.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(
+            f"invalid duration {value!r}: expected a number and a unit, such as 30s or 5m"
+        )
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of :func:`parse_duration` for display, e.g. 300.0 -> ``5m``."""
+    if seconds and seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    for unit in ("w", "d", "h", "m"):
+        size = _DURATION_UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"duration {value!r} must be greater than zero")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(_positive_duration)]
+
+
+def _hostname(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a host name, got {value!r}")
+    name = value.strip().rstrip(".").lower()
+    if not name or len(name) > 253 or not all(_HOSTNAME_LABEL.match(p) for p in name.split(".")):
+        raise ValueError(f"invalid host name {value!r}")
+    return name
+
+
+def _ip_address(value: object) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise ValueError(f"invalid IP address {value!r}") from None
+
+
+HostName = Annotated[str, BeforeValidator(_hostname)]
+IPAddress = Annotated[str, BeforeValidator(_ip_address)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class LdapSettings(_Model):
+    url: Annotated[str, Field(pattern=r"^ldaps?://[^/\s]+/?$")]
+    user: str | None = None
+    password_file: Path | None = None
+    password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    ca_file: Path | None = None
+    tls_verify: bool = True
+    start_tls: bool = False
+    global_catalog_url: Annotated[str, Field(pattern=r"^ldaps?://[^/\s]+/?$")] | None = None
+    timeout: Duration = 10.0
+
+    _password: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _one_secret_source(self) -> LdapSettings:
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("set only one of password_file and password_env")
+        if self.user and self.password_file is None and self.password_env is None:
+            raise ValueError(f"user {self.user!r} needs a password_file or a password_env")
+        return self
+
+    @property
+    def password(self) -> SecretStr | None:
+        """The bind password, read at load time; ``None`` when no user is configured."""
+        return self._password
+
+
+class ServerEntry(_Model):
+    name: HostName
+    address: IPAddress | None = None
+    ports: dict[Literal["ntp", "kerberos", "kpasswd", "ldap", "smtp"], Port] = Field(
+        default_factory=dict
+    )
+
+
+class DomainControllers(_Model):
+    discover: Literal["dns", "ldap", "none"] = "none"
+    static: list[ServerEntry] = Field(default_factory=list)
+
+
+class ExchangeServers(_Model):
+    discover: Literal["ldap", "none"] = "none"
+    static: list[ServerEntry] = Field(default_factory=list)
+
+
+ClockSource = Literal["ntp", "kerberos", "smtp", "ldap"]
+_ALL_CLOCK_SOURCES: tuple[ClockSource, ...] = ("ntp", "kerberos", "smtp", "ldap")
+
+
+class ClockCheck(_Model):
+    enabled: bool = True
+    sources: list[ClockSource] = Field(default_factory=lambda: list(_ALL_CLOCK_SOURCES))
+    max_skew: Duration = 300.0
+    timeout: Duration = 3.0
+    ntp_port: Port = 123
+
+
+class KerberosCheck(_Model):
+    enabled: bool = True
+    ports: list[Annotated[str, Field(pattern=r"^(88|464)/(udp|tcp)$")]] = Field(
+        default_factory=lambda: ["88/udp", "88/tcp", "464/udp", "464/tcp"]
+    )
+    timeout: Duration = 3.0
+
+
+class SmtpCheck(_Model):
+    enabled: bool = True
+    ports: list[Port] = Field(default_factory=lambda: [25, 2525])
+    timeout: Duration = 5.0
+
+
+class SpnCheck(_Model):
+    enabled: bool = True
+    service_classes: list[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9-]*$")]] = Field(
+        default_factory=lambda: ["SMTP", "SMTPSVC"]
+    )
+    refresh_interval: Duration = 300.0
+
+
+class DuplicateSpnCheck(_Model):
+    enabled: bool = True
+    scope: Literal["forest", "domain"] = "forest"
+    refresh_interval: Duration = 1800.0
+
+
+class QueueSource(_Model):
+    server: HostName
+    path: Path
+
+
+class QueuesCheck(_Model):
+    snapshots: list[QueueSource] = Field(default_factory=list)
+    protocol_logs: list[QueueSource] = Field(default_factory=list)
+
+
+class Checks(_Model):
+    clock: ClockCheck = Field(default_factory=ClockCheck)
+    kerberos: KerberosCheck = Field(default_factory=KerberosCheck)
+    smtp: SmtpCheck = Field(default_factory=SmtpCheck)
+    spn: SpnCheck = Field(default_factory=SpnCheck)
+    duplicate_spn: DuplicateSpnCheck = Field(default_factory=DuplicateSpnCheck)
+    queues: QueuesCheck = Field(default_factory=QueuesCheck)
+
+
+class ScrapeSettings(_Model):
+    # Prometheus' own default scrape_timeout, used when a request has no timeout header.
+    default_timeout: Duration = 10.0
+    # Subtracted from the scrape timeout so the answer reaches Prometheus in time.
+    timeout_offset: Annotated[float, BeforeValidator(parse_duration)] = 0.5
+    max_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 256
+
+
+class Settings(_Model):
+    realm: Annotated[str, Field(min_length=1)]
+    ldap: LdapSettings | None = None
+    domain_controllers: DomainControllers = Field(default_factory=DomainControllers)
+    exchange_servers: ExchangeServers = Field(default_factory=ExchangeServers)
+    checks: Checks = Field(default_factory=Checks)
+    scrape: ScrapeSettings = Field(default_factory=ScrapeSettings)
+
+    @field_validator("realm")
+    @classmethod
+    def _realm(cls, value: str) -> str:
+        realm = value.strip().upper()
+        try:
+            _hostname(realm.lower())
+        except ValueError:
+            raise ValueError(
+                f"invalid realm {value!r}: expected the AD DNS domain in upper case"
+            ) from None
+        return realm
+
+    @model_validator(mode="after")
+    def _unique_servers(self) -> Settings:
+        seen: set[str] = set()
+        for entry in (*self.domain_controllers.static, *self.exchange_servers.static):
+            if entry.name in seen:
+                raise ValueError(f"server {entry.name!r} is listed more than once")
+            seen.add(entry.name)
+        return self
+
+    @property
+    def domain(self) -> str:
+        """The AD DNS domain: the realm in lower case."""
+        return self.realm.lower()
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration for display: durations as text, secrets never included."""
+        dumped = self.model_dump(mode="json")
+        if self.ldap is not None and self.ldap.password is not None:
+            dumped["ldap"]["password"] = "<secret>"
+        return _durations_as_text(self, dumped)
+
+
+def _durations_as_text(model: BaseModel, dumped: dict[str, Any]) -> dict[str, Any]:
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            _durations_as_text(value, dumped[name])
+        elif any(
+            isinstance(m, BeforeValidator) and m.func in (_positive_duration, parse_duration)
+            for m in info.metadata
+        ):
+            dumped[name] = format_duration(value)
+    return dumped
+
+
+@dataclass(frozen=True)
+class _Located:
+    """Line numbers of every YAML path, to point problems at the right line."""
+
+    lines: dict[tuple[str | int, ...], int]
+
+    def line_of(self, path: tuple[str | int, ...]) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+
+def _index_lines(
+    node: yaml.Node,
+    path: tuple[str | int, ...],
+    out: dict[tuple[str | int, ...], int],
+    dupes: list[str],
+) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in seen:
+                dupes.append(
+                    f"{_dotted((*path, key))} (line {key_node.start_mark.line + 1}): duplicate key"
+                )
+            seen.add(key)
+            out[(*path, key)] = key_node.start_mark.line + 1
+            _index_lines(value_node, (*path, key), out, dupes)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _index_lines(item, (*path, index), out, dupes)
+
+
+def _dotted(path: Iterable[str | int]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    message = str(error["msg"])
+    message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind == "string_pattern_mismatch":
+        return f"invalid value {error.get('input')!r}: {message.lower()}"
+    if kind in ("literal_error", "enum"):
+        return f"invalid value {error.get('input')!r}: {message.lower()}"
+    return message
+
+
+def _read_secrets(settings: Settings, env: Mapping[str, str]) -> list[str]:
+    ldap = settings.ldap
+    if ldap is None:
+        return []
+    if ldap.password_file is not None:
+        try:
+            secret = ldap.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            return [f"ldap.password_file: cannot read {str(ldap.password_file)!r}: {exc.strerror}"]
+        if not secret:
+            return [f"ldap.password_file: {str(ldap.password_file)!r} is empty"]
+        ldap._password = SecretStr(secret)
+    elif ldap.password_env is not None:
+        secret = env.get(ldap.password_env, "")
+        if not secret:
+            return [
+                f"ldap.password_env: environment variable {ldap.password_env} is not set or empty"
+            ]
+        ldap._password = SecretStr(secret)
+    return []
+
+
+def load_text(
+    text: str, source: str = "<config>", env: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate configuration text; raise :class:`ConfigError` naming every problem."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"{where}not valid YAML: {problem}"]) from None
+    if data is None:
+        raise ConfigError(source, ["the file is empty: at least 'realm' is required"])
+    if not isinstance(data, dict):
+        raise ConfigError(
+            source, [f"expected a mapping of keys at the top level, got {type(data).__name__}"]
+        )
+
+    lines: dict[tuple[str | int, ...], int] = {}
+    problems: list[str] = []
+    if root is not None:
+        _index_lines(root, (), lines, problems)
+    located = _Located(lines)
+
+    ldap = data.get("ldap")
+    if isinstance(ldap, dict) and "password" in ldap:
+        # Reported on its own (and dropped) so the rest of the section is still validated.
+        line = located.line_of(("ldap", "password"))
+        problems.append(
+            f"ldap.password (line {line}): inline passwords are not accepted: put the password "
+            "in a file (password_file) or an environment variable (password_env)"
+        )
+        data = {**data, "ldap": {k: v for k, v in ldap.items() if k != "password"}}
+
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            path = tuple(error["loc"])
+            line = located.line_of(path)
+            where = _dotted(path) + (f" (line {line})" if line else "")
+            problems.append(f"{where}: {_describe(error)}")
+        raise ConfigError(source, problems) from None
+    problems.extend(_read_secrets(settings, os.environ if env is None else env))
+    if problems:
+        raise ConfigError(source, problems)
+    return settings
+
+
+def load_file(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a configuration file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), ["the file is not UTF-8 text"]) from None
+    return load_text(text, source=str(path), env=env)

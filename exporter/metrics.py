@@ -1,0 +1,123 @@
+"""Turns one scrape's results into metric families; ``collect()`` only formats, never does I/O."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from . import __version__
+from .checks import CHECKS
+from .checks.base import CheckSpec, ClockReading
+from .checks.clock import clock_metrics
+from .config import Settings
+from .inventory import Inventory, Role
+from .scrape import ScrapeResult
+
+__all__ = ["ReloadStatus", "ScrapeCollector"]
+
+
+@dataclass(frozen=True)
+class ReloadStatus:
+    successful: bool
+    last_success: float
+
+
+class ScrapeCollector:
+    """A collector for one ``/metrics`` response, built fresh for each request."""
+
+    def __init__(
+        self,
+        result: ScrapeResult,
+        settings: Settings,
+        inventory: Inventory,
+        reload: ReloadStatus,
+        checks: Sequence[CheckSpec[Any, Any]] = CHECKS,
+    ) -> None:
+        self._result = result
+        self._settings = settings
+        self._inventory = inventory
+        self._reload = reload
+        self._checks = checks
+
+    def collect(self) -> Iterator[Metric]:
+        result, settings = self._result, self._settings
+        for spec in self._checks:
+            if spec.name in result.runs:
+                yield from spec.emit(result.runs[spec.name], spec.bind(settings))
+
+        readings: list[ClockReading] = []
+        for run in result.all_runs():
+            readings.extend(getattr(run.outcome, "clock_readings", ()))
+        yield from clock_metrics(readings, settings)
+        yield from self._check_metrics()
+        yield from self._inventory_metrics()
+        yield from self._self_metrics()
+
+    def _check_metrics(self) -> Iterator[Metric]:
+        success = GaugeMetricFamily(
+            "exchange_auth_check_success",
+            "1 when the check ran to a verdict for the server in this scrape.",
+            labels=["check", "server"],
+        )
+        duration = GaugeMetricFamily(
+            "exchange_auth_check_duration_seconds",
+            "How long the check took for the server in this scrape.",
+            labels=["check", "server"],
+        )
+        for run in self._result.all_runs():
+            labels = [run.check, run.server.name]
+            success.add_metric(labels, 1 if run.ok else 0)
+            duration.add_metric(labels, run.duration)
+        yield success
+        yield duration
+
+    def _inventory_metrics(self) -> Iterator[Metric]:
+        servers = GaugeMetricFamily(
+            "exchange_auth_inventory_servers", "Servers in the inventory, by role.", labels=["role"]
+        )
+        for role in Role:
+            servers.add_metric(
+                [role.value], sum(1 for s in self._inventory.servers if s.role is role)
+            )
+        yield servers
+        discovery = GaugeMetricFamily(
+            "exchange_auth_discovery_success",
+            "1 when the last discovery of servers of this role by this method succeeded.",
+            labels=["role", "method", "reason"],
+        )
+        for d in self._inventory.discoveries:
+            discovery.add_metric([d.role.value, d.method, d.reason], 1 if d.success else 0)
+        yield discovery
+
+    def _self_metrics(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "exchange_auth_scrape_duration_seconds",
+            "How long the checks of this scrape took.",
+            value=self._result.duration,
+        )
+        yield GaugeMetricFamily(
+            "exchange_auth_scrape_timeout_seconds",
+            "The time budget of this scrape: the scrape timeout header minus the offset.",
+            value=self._result.budget,
+        )
+        info = GaugeMetricFamily(
+            "exchange_auth_build_info",
+            "Version of the exporter and of the Python it runs on; always 1.",
+            labels=["version", "python_version"],
+        )
+        info.add_metric([__version__, platform.python_version()], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "exchange_auth_config_last_reload_successful",
+            "1 when the last configuration reload succeeded; a failed reload keeps the previous configuration.",
+            value=1 if self._reload.successful else 0,
+        )
+        yield GaugeMetricFamily(
+            "exchange_auth_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully.",
+            value=self._reload.last_success,
+        )

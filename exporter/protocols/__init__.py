@@ -1,0 +1,1 @@
+"""Wire formats: encoding and decoding only, no I/O."""

@@ -1,0 +1,116 @@
+"""One scrape: every enabled check on every server it applies to, concurrently, under one deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .checks import CHECKS
+from .checks.base import CheckContext, CheckError, CheckRun, CheckSpec, Failure, Resolver
+from .config import Settings
+from .inventory import Inventory, Server
+
+__all__ = ["ScrapeResult", "run_scrape", "scrape_budget"]
+
+log = logging.getLogger(__name__)
+
+# Checks are told the deadline and stop themselves; the runner cancels this much later, so a
+# check can still name its own reason (e.g. protocol_error rather than timeout).
+CANCEL_GRACE = 0.05
+MIN_BUDGET = 0.1
+
+
+@dataclass(frozen=True)
+class ScrapeResult:
+    runs: dict[str, list[CheckRun[Any]]]
+    budget: float  # seconds the scrape was allowed
+    duration: float
+
+    def all_runs(self) -> list[CheckRun[Any]]:
+        return [run for runs in self.runs.values() for run in runs]
+
+
+def scrape_budget(header: str | None, settings: Settings) -> float:
+    """Seconds this scrape may take: Prometheus' timeout header (or the default) minus the offset."""
+    timeout = settings.scrape.default_timeout
+    if header:
+        try:
+            value = float(header)
+        except ValueError:
+            value = 0.0
+        if value > 0:
+            timeout = value
+    return max(MIN_BUDGET, timeout - settings.scrape.timeout_offset)
+
+
+async def _run_one(
+    spec: CheckSpec[Any, Any],
+    ctx: CheckContext,
+    server: Server,
+    check_settings: Any,
+    limit: asyncio.Semaphore,
+) -> CheckRun[Any]:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    outcome: Any
+    try:
+        async with asyncio.timeout_at(ctx.deadline + CANCEL_GRACE), limit:
+            outcome = await spec.run(ctx, server, check_settings)
+    except CheckError as exc:
+        outcome = Failure(exc.reason, exc.detail)
+    except TimeoutError:
+        outcome = Failure("timeout", "not done before the scrape deadline")
+    except Exception as exc:
+        log.warning("check %s on %s raised %r", spec.name, server.name, exc, exc_info=exc)
+        outcome = Failure("error", f"internal error: {exc!r}")
+    if isinstance(outcome, Failure):
+        log.debug(
+            "check %s on %s failed: %s (%s)", spec.name, server.name, outcome.reason, outcome.detail
+        )
+    return CheckRun(spec.name, server, outcome, loop.time() - started)
+
+
+async def run_scrape(
+    settings: Settings,
+    inventory: Inventory,
+    budget: float,
+    checks: Sequence[CheckSpec[Any, Any]] = CHECKS,
+) -> ScrapeResult:
+    """Run every applicable check and return within ``budget`` seconds plus a few milliseconds."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    scrape_deadline = started + budget
+    resolver = Resolver()
+    limit = asyncio.Semaphore(settings.scrape.max_concurrency)
+    planned: list[tuple[str, Server, asyncio.Task[CheckRun[Any]]]] = []
+    runs: dict[str, list[CheckRun[Any]]] = {}
+    for spec in checks:
+        check_settings = spec.bind(settings)
+        if not spec.enabled(check_settings):
+            continue
+        runs[spec.name] = []
+        deadline = min(scrape_deadline, started + spec.timeout(check_settings))
+        ctx = CheckContext(deadline, settings, resolver)
+        for server in inventory.servers:
+            if spec.applies_to(server, check_settings):
+                task = asyncio.create_task(_run_one(spec, ctx, server, check_settings, limit))
+                planned.append((spec.name, server, task))
+
+    if planned:
+        # Only a check that swallows cancellation can still be running here; never wait for it.
+        await asyncio.wait(
+            [task for _, _, task in planned],
+            timeout=max(0.0, scrape_deadline + 2 * CANCEL_GRACE - loop.time()),
+        )
+    for name, server, task in planned:
+        if task.done() and not task.cancelled() and task.exception() is None:
+            runs[name].append(task.result())
+        else:
+            task.cancel()
+            runs[name].append(
+                CheckRun(name, server, Failure("timeout", "did not stop at the deadline"), budget)
+            )
+    return ScrapeResult(runs, budget, loop.time() - started)
