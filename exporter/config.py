@@ -346,15 +346,18 @@ def _describe(error: Mapping[str, Any]) -> str:
     return message
 
 
-def _read_secrets(settings: Settings, env: Mapping[str, str]) -> list[str]:
+def _read_secrets(settings: Settings, env: Mapping[str, str], base_dir: Path) -> list[str]:
     ldap = settings.ldap
     if ldap is None:
         return []
     if ldap.password_file is not None:
+        # A relative path is relative to the configuration file, not to the working directory.
         try:
-            secret = ldap.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            secret = (base_dir / ldap.password_file).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
             return [f"ldap.password_file: cannot read {str(ldap.password_file)!r}: {exc.strerror}"]
+        except UnicodeDecodeError:
+            return [f"ldap.password_file: {str(ldap.password_file)!r} is not UTF-8 text"]
         if not secret:
             return [f"ldap.password_file: {str(ldap.password_file)!r} is empty"]
         ldap._password = SecretStr(secret)
@@ -369,7 +372,10 @@ def _read_secrets(settings: Settings, env: Mapping[str, str]) -> list[str]:
 
 
 def load_text(
-    text: str, source: str = "<config>", env: Mapping[str, str] | None = None
+    text: str,
+    source: str = "<config>",
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
 ) -> Settings:
     """Validate configuration text; raise :class:`ConfigError` naming every problem."""
     try:
@@ -412,7 +418,8 @@ def load_text(
             where = _dotted(path) + (f" (line {line})" if line else "")
             problems.append(f"{where}: {_describe(error)}")
         raise ConfigError(source, problems) from None
-    problems.extend(_read_secrets(settings, os.environ if env is None else env))
+    env = os.environ if env is None else env
+    problems.extend(_read_secrets(settings, env, base_dir or Path.cwd()))
     if problems:
         raise ConfigError(source, problems)
     return settings
@@ -426,4 +433,4 @@ def load_file(path: str | Path, env: Mapping[str, str] | None = None) -> Setting
         raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
     except UnicodeDecodeError:
         raise ConfigError(str(path), ["the file is not UTF-8 text"]) from None
-    return load_text(text, source=str(path), env=env)
+    return load_text(text, source=str(path), env=env, base_dir=Path(path).parent)
