@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .checks import CHECKS
-from .checks.base import CheckContext, CheckError, CheckRun, CheckSpec, Failure, Resolver
+from .checks.base import CheckContext, CheckError, CheckRun, CheckSpec, Failure, Resolver, Shared
 from .config import Settings
 from .inventory import Inventory, Server
 
@@ -51,17 +51,24 @@ async def _run_one(
     ctx: CheckContext,
     server: Server,
     check_settings: Any,
-    limit: asyncio.Semaphore,
+    limit: asyncio.Semaphore | None,
 ) -> CheckRun[Any]:
     loop = asyncio.get_running_loop()
     started = loop.time()
     outcome: Any
     try:
-        async with asyncio.timeout_at(ctx.deadline + CANCEL_GRACE), limit:
+        if limit is None:
             outcome = await spec.run(ctx, server, check_settings)
+        else:
+            async with limit:
+                outcome = await spec.run(ctx, server, check_settings)
     except CheckError as exc:
         outcome = Failure(exc.reason, exc.detail)
     except TimeoutError:
+        outcome = Failure("timeout", "not done before the scrape deadline")
+    except asyncio.CancelledError:
+        if loop.time() < ctx.deadline:
+            raise  # not the deadline: the whole scrape is being cancelled
         outcome = Failure("timeout", "not done before the scrape deadline")
     except Exception as exc:
         log.warning("check %s on %s raised %r", spec.name, server.name, exc, exc_info=exc)
@@ -71,6 +78,12 @@ async def _run_one(
             "check %s on %s failed: %s (%s)", spec.name, server.name, outcome.reason, outcome.detail
         )
     return CheckRun(spec.name, server, outcome, loop.time() - started)
+
+
+def _cancel_unfinished(tasks: list[asyncio.Task[CheckRun[Any]]]) -> None:
+    for task in tasks:
+        if not task.done():
+            task.cancel()
 
 
 async def run_scrape(
@@ -84,8 +97,18 @@ async def run_scrape(
     started = loop.time()
     scrape_deadline = started + budget
     resolver = Resolver()
-    limit = asyncio.Semaphore(settings.scrape.max_concurrency)
+    shared = Shared()
+    limit: asyncio.Semaphore | None = asyncio.Semaphore(settings.scrape.max_concurrency)
     planned: list[tuple[str, Server, asyncio.Task[CheckRun[Any]]]] = []
+    timers: list[asyncio.TimerHandle] = []
+    # Under the limit, the semaphore would only cost time.
+    total = sum(
+        sum(1 for server in inventory.servers if spec.applies_to(server, spec.bind(settings)))
+        for spec in checks
+        if spec.enabled(spec.bind(settings))
+    )
+    if total <= settings.scrape.max_concurrency:
+        limit = None
     runs: dict[str, list[CheckRun[Any]]] = {}
     for spec in checks:
         check_settings = spec.bind(settings)
@@ -93,18 +116,27 @@ async def run_scrape(
             continue
         runs[spec.name] = []
         deadline = min(scrape_deadline, started + spec.timeout(check_settings))
-        ctx = CheckContext(deadline, settings, resolver)
+        ctx = CheckContext(deadline, settings, resolver, shared)
+        tasks = []
         for server in inventory.servers:
             if spec.applies_to(server, check_settings):
                 task = asyncio.create_task(_run_one(spec, ctx, server, check_settings, limit))
                 planned.append((spec.name, server, task))
+                tasks.append(task)
+        # One timer per check rather than one per task: a scrape may run thousands of tasks.
+        timers.append(loop.call_at(deadline + CANCEL_GRACE, _cancel_unfinished, tasks))
 
-    if planned:
-        # Only a check that swallows cancellation can still be running here; never wait for it.
-        await asyncio.wait(
-            [task for _, _, task in planned],
-            timeout=max(0.0, scrape_deadline + 2 * CANCEL_GRACE - loop.time()),
-        )
+    try:
+        if planned:
+            # Only a check that swallows cancellation can still run here; never wait for it.
+            await asyncio.wait(
+                [task for _, _, task in planned],
+                timeout=max(0.0, scrape_deadline + 2 * CANCEL_GRACE - loop.time()),
+            )
+    finally:
+        for timer in timers:
+            timer.cancel()
+        shared.close()
     for name, server, task in planned:
         if task.done() and not task.cancelled() and task.exception() is None:
             runs[name].append(task.result())

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
+import socket
 import struct
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -113,3 +116,32 @@ class NtpPeer:
             if protocol.transport is not None:
                 protocol.transport.close()
         self.protocols.clear()
+
+
+def serve_blocking(sockets: list[socket.socket], stop: threading.Event, offset: float = 0.0) -> int:
+    """Answer NTP on ready-bound sockets with a bare epoll loop until ``stop`` is set.
+
+    For benchmarks: the asyncio responder above spends more CPU per datagram than the
+    client under test, which would make the benchmark measure the responder.
+    """
+    poller = select.epoll()
+    by_fd = {s.fileno(): s for s in sockets}
+    for fd in by_fd:
+        poller.register(fd, select.EPOLLIN)
+    answered = 0
+    try:
+        while not stop.is_set():
+            for fd, _events in poller.poll(0.05):
+                sock = by_fd[fd]
+                while True:
+                    try:
+                        data, addr = sock.recvfrom(512)
+                    except BlockingIOError:
+                        break
+                    reply = reply_to(data, offset, "good")
+                    if reply is not None:
+                        sock.sendto(reply, addr)
+                        answered += 1
+    finally:
+        poller.close()
+    return answered

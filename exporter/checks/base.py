@@ -27,6 +27,7 @@ __all__ = [
     "Failure",
     "HasClockReadings",
     "Resolver",
+    "Shared",
 ]
 
 S = TypeVar("S")
@@ -92,13 +93,39 @@ class Resolver:
         return str(infos[0][4][0])
 
 
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closeable)
+
+
+class Shared:
+    """Objects that all checks of one scrape share (sockets, clients); closed when it ends."""
+
+    def __init__(self) -> None:
+        self._items: dict[object, Closeable] = {}
+
+    def get(self, key: object, factory: Callable[[], C]) -> C:
+        item = self._items.get(key)
+        if item is None:
+            item = self._items[key] = factory()
+        return item  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for item in self._items.values():
+            item.close()
+        self._items.clear()
+
+
 @dataclass(slots=True)
 class CheckContext:
-    """Per scrape, shared by all checks: the deadline (event-loop time) and the resolver."""
+    """Per scrape: the check's deadline (event-loop time), the resolver and shared objects."""
 
     deadline: float
     settings: Settings
     resolver: Resolver = field(default_factory=Resolver)
+    shared: Shared = field(default_factory=Shared)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,7 @@
 """Clock offsets over NTP, and the skew between each Exchange server and each domain controller.
 
-The NTP probe is a bare non-blocking UDP socket driven by the event loop's reader callback:
-no thread, no transport object, one connected socket per probe so ICMP port-unreachable
-comes back as "refused". Skew pairs take every :class:`ClockReading` of the scrape, from any
+NTP probes of one scrape share a few non-blocking UDP sockets driven by the event loop's
+reader callback: no thread, no transport object, no socket per probe. Skew pairs take every :class:`ClockReading` of the scrape, from any
 check, so later clock sources (Kerberos, SMTP banner, LDAP) need no change here.
 """
 
@@ -10,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import secrets
+import os
 import socket
+import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +32,14 @@ _UNREACHABLE = {
     errno.EACCES,
     errno.EPERM,
 }
+_SOCKET_ERRORS = _UNREACHABLE | {errno.ECONNREFUSED}
+# Not exported by Python's socket module: <linux/in.h> IP_RECVERR and <linux/in6.h> IPV6_RECVERR.
+_RECVERR = {socket.AF_INET: (socket.IPPROTO_IP, 11), socket.AF_INET6: (socket.IPPROTO_IPV6, 25)}
+_EXTENDED_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err
 _RECV_SIZE = 1024
+# Replies to one socket arrive in bursts on a LAN; more probes per socket would overflow a
+# default-sized receive buffer before the event loop drains it.
+_PROBES_PER_SOCKET = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,92 +48,220 @@ class NtpResult:
     clock_readings: tuple[ClockReading, ...]
 
 
-class _NtpExchange:
-    """One request and the wait for the reply that echoes it."""
+def _unmatched(data: bytes) -> str:
+    if len(data) < 48:
+        return f"reply of {len(data)} bytes, expected at least 48"
+    return "reply does not echo our transmit timestamp"
 
-    __slots__ = ("bad_reply", "future", "request", "sent_at", "sock")
+
+def _failure(code: int | None, detail: str) -> CheckError:
+    if code == errno.ECONNREFUSED:
+        return CheckError("refused", "NTP port closed (ICMP port unreachable)")
+    if code in _UNREACHABLE:
+        return CheckError("unreachable", detail or os.strerror(code or 0))
+    return CheckError("unreachable", f"socket error: {detail}")
+
+
+class _Probe:
+    __slots__ = ("bad_reply", "deadline", "future", "peer", "request", "sent_at")
 
     def __init__(
-        self, sock: socket.socket, request: bytes, future: asyncio.Future[NtpReading]
+        self,
+        peer: tuple[str, int],
+        request: bytes,
+        future: asyncio.Future[NtpReading],
+        deadline: float,
     ) -> None:
-        self.sock = sock
+        self.peer = peer
         self.request = request
         self.future = future
+        self.deadline = deadline
         self.sent_at = 0.0
         self.bad_reply: NtpReplyError | None = None
 
-    def on_readable(self) -> None:
-        # Drain everything queued: a forged or stale datagram must not hide the real reply.
-        while not self.future.done():
+
+class _Channel:
+    """One unconnected UDP socket carrying many exchanges, matched by nonce and peer address.
+
+    ICMP errors reach an unconnected socket only through its error queue (IP_RECVERR), which
+    also hands back the original datagram: that is how "refused" is pinned on one probe.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, family: socket.AddressFamily) -> None:
+        self._loop = loop
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sock.setsockopt(*_RECVERR[family], 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.by_nonce: dict[bytes, _Probe] = {}
+        # Probes waiting on each peer, to pin a malformed reply (no usable nonce) on them.
+        self.by_peer: dict[tuple[str, int], list[_Probe]] = {}
+        self.assigned = 0
+        loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def send(self, probe: _Probe) -> None:
+        self.assigned += 1
+        self.by_nonce[probe.request[40:48]] = probe
+        self.by_peer.setdefault(probe.peer, []).append(probe)
+        for attempt in (1, 2):
+            probe.sent_at = time.time()
             try:
-                data = self.sock.recv(_RECV_SIZE)
+                self.sock.sendto(probe.request, probe.peer)
+                return
+            except BlockingIOError:
+                self._drain()  # make room; a full send buffer on loopback is its receiver's doing
+            except OSError as exc:
+                # An error may be a queued ICMP report about another probe: attribute it, retry.
+                self._drain_errors()
+                if attempt == 2 or exc.errno not in _SOCKET_ERRORS:
+                    self._finish(probe, _failure(exc.errno, exc.strerror or str(exc)))
+                    return
+        self._finish(probe, CheckError("unreachable", "socket send buffer full"))
+
+    def expire(self, probe: _Probe) -> None:
+        if probe.bad_reply is not None:
+            self._finish(probe, CheckError(probe.bad_reply.reason, str(probe.bad_reply)))
+        else:
+            self._finish(probe, CheckError("timeout", "no NTP reply before the deadline"))
+
+    def _finish(self, probe: _Probe, outcome: NtpReading | CheckError) -> None:
+        if self.by_nonce.pop(probe.request[40:48], None) is not None:
+            waiting = self.by_peer[probe.peer]
+            waiting.remove(probe)
+            if not waiting:
+                del self.by_peer[probe.peer]
+        if probe.future.done():
+            return
+        if isinstance(outcome, CheckError):
+            probe.future.set_exception(outcome)
+        else:
+            probe.future.set_result(outcome)
+
+    def _on_readable(self) -> None:
+        self._drain_errors()
+        self._drain()
+
+    def _drain(self) -> None:
+        sock = self.sock
+        while True:
+            try:
+                data, source = sock.recvfrom(_RECV_SIZE)
             except BlockingIOError:
                 return
-            except ConnectionRefusedError:
-                self.future.set_exception(
-                    CheckError("refused", "NTP port closed (ICMP port unreachable)")
-                )
-                return
-            except OSError as exc:
-                self.future.set_exception(_os_failure(exc))
-                return
+            except OSError:
+                self._drain_errors()
+                continue
             received_at = time.time()
+            peer = (source[0], source[1])
+            probe = self.by_nonce.get(data[24:32])
+            if probe is None or peer != probe.peer:
+                # Not an answer to anything we asked: dropped, but remembered against the
+                # peer's probes so a server that only sends garbage says protocol_error.
+                for waiting in self.by_peer.get(peer, ()):
+                    waiting.bad_reply = NtpReplyError("protocol_error", _unmatched(data))
+                continue
             try:
-                self.future.set_result(parse_reply(data, self.request, self.sent_at, received_at))
+                self._finish(probe, parse_reply(data, probe.request, probe.sent_at, received_at))
             except NtpReplyError as exc:
-                self.bad_reply = exc
+                probe.bad_reply = exc
             except Exception as exc:  # a peer's bytes must never break the scrape
-                self.bad_reply = NtpReplyError("protocol_error", f"undecodable reply: {exc!r}")
+                probe.bad_reply = NtpReplyError("protocol_error", f"undecodable reply: {exc!r}")
+
+    def _drain_errors(self) -> None:
+        while True:
+            try:
+                original, ancillary, _flags, _dest = self.sock.recvmsg(
+                    _RECV_SIZE, 256, socket.MSG_ERRQUEUE
+                )
+            except OSError:
+                return
+            probe = self.by_nonce.get(original[40:48])
+            if probe is None:
+                continue
+            code: int | None = None
+            for _level, _kind, blob in ancillary:
+                if len(blob) >= _EXTENDED_ERR.size:
+                    code = _EXTENDED_ERR.unpack_from(blob)[0]
+            self._finish(probe, _failure(code, os.strerror(code) if code else "ICMP error"))
+
+    def close(self) -> None:
+        self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
-def _os_failure(exc: OSError) -> CheckError:
-    if exc.errno in _UNREACHABLE:
-        return CheckError("unreachable", f"{exc.strerror}")
-    if exc.errno == errno.ECONNREFUSED:
-        return CheckError("refused", "NTP port closed (ICMP port unreachable)")
-    return CheckError("unreachable", f"socket error: {exc.strerror or exc}")
+class NtpClient:
+    """All NTP exchanges of one scrape: a few shared sockets and one timer per deadline.
+
+    A socket and a task per probe cost several times more CPU than the exchange itself; this
+    keeps the per-probe work to one sendto, one recvfrom and the decoding.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._channels: dict[socket.AddressFamily, _Channel] = {}
+        self._timers: dict[float, list[tuple[_Channel, _Probe]]] = {}
+        self._handles: list[asyncio.TimerHandle] = []
+        self._retired: list[_Channel] = []
+        self._entropy = b""
+        self._entropy_used = 0
+
+    def _nonce(self) -> bytes:
+        # A random transmit timestamp is the nonce a genuine reply must echo (RFC 5905 §9.1);
+        # one getrandom() call serves 512 probes.
+        if self._entropy_used >= len(self._entropy):
+            self._entropy, self._entropy_used = os.urandom(4096), 0
+        start = self._entropy_used
+        self._entropy_used += 8
+        return self._entropy[start : start + 8]
+
+    async def query(self, address: str, port: int, deadline: float) -> NtpReading:
+        """Ask ``address:port`` for the time; give up at ``deadline`` (event-loop time).
+
+        Raises :class:`CheckError` with reason timeout, refused, unreachable, protocol_error
+        (only malformed or non-matching replies arrived) or kiss_of_death.
+        """
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        channel = self._channels.get(family)
+        if channel is None or channel.assigned >= _PROBES_PER_SOCKET:
+            if channel is not None:
+                self._retired.append(channel)
+            channel = self._channels[family] = _Channel(self._loop, family)
+        request = build_request(self._nonce())
+        probe = _Probe((address, port), request, self._loop.create_future(), deadline)
+        waiting = self._timers.get(deadline)
+        if waiting is None:
+            waiting = self._timers[deadline] = []
+            self._handles.append(self._loop.call_at(deadline, self._expire, deadline))
+        waiting.append((channel, probe))
+        channel.send(probe)
+        return await probe.future
+
+    def _expire(self, deadline: float) -> None:
+        for channel, probe in self._timers.pop(deadline, ()):
+            if not probe.future.done():
+                channel.expire(probe)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.cancel()
+        for channel in (*self._channels.values(), *self._retired):
+            channel.close()
+        self._channels.clear()
 
 
 async def ntp_query(address: str, port: int, deadline: float) -> NtpReading:
-    """Ask ``address:port`` for the time; give up at ``deadline`` (event-loop time).
-
-    Raises :class:`CheckError` with reason timeout, refused, unreachable, protocol_error
-    (only malformed or non-matching replies arrived) or kiss_of_death.
-    """
-    loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    registered = False
+    """One NTP exchange on its own client; the scrape shares one client among all servers."""
+    client = NtpClient()
     try:
-        sock.setblocking(False)
-        # A random transmit timestamp is the nonce a genuine reply must echo (RFC 5905 §9.1).
-        request = build_request(int.from_bytes(secrets.token_bytes(8), "big"))
-        exchange = _NtpExchange(sock, request, loop.create_future())
-        try:
-            sock.connect((address, port))
-            loop.add_reader(sock.fileno(), exchange.on_readable)
-            registered = True
-            exchange.sent_at = time.time()
-            sock.send(request)
-        except OSError as exc:
-            raise _os_failure(exc) from None
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await exchange.future
-        except TimeoutError:
-            if exchange.bad_reply is not None:
-                bad = exchange.bad_reply
-                raise CheckError(bad.reason, str(bad)) from None
-            raise CheckError("timeout", "no NTP reply before the deadline") from None
+        return await client.query(address, port, deadline)
     finally:
-        if registered:
-            loop.remove_reader(sock.fileno())
-        sock.close()
+        client.close()
 
 
 async def check_clock(ctx: CheckContext, target: Server, settings: ClockCheck) -> NtpResult:
-    address = await ctx.resolver.address(target)
-    reading = await ntp_query(address, target.port("ntp", settings.ntp_port), ctx.deadline)
+    address = target.address or await ctx.resolver.address(target)
+    client = ctx.shared.get(NtpClient, NtpClient)
+    reading = await client.query(address, target.port("ntp", settings.ntp_port), ctx.deadline)
     clock = ClockReading(target, "ntp", reading.offset, reading.uncertainty)
     return NtpResult(reading, (clock,))
 

@@ -45,13 +45,24 @@ class NtpReading:
         return self.delay / 2 + self.precision
 
 
-def build_request(nonce: int, version: int = 4) -> bytes:
-    """A client-mode request whose transmit timestamp is ``nonce`` (64 bits, NTP format)."""
-    seconds, fraction = divmod(nonce & 0xFFFF_FFFF_FFFF_FFFF, 1 << 32)
-    packet = ntplib.NTPPacket(version=version, mode=3, tx_timestamp=seconds + fraction / 2**32)
-    data: bytes = packet.to_data()
-    # Float rounding in ntplib may change the low bits; the nonce must go out exactly.
-    return data[:40] + struct.pack("!Q", nonce & 0xFFFF_FFFF_FFFF_FFFF)
+def _request_header(version: int) -> bytes:
+    header: bytes = ntplib.NTPPacket(version=version, mode=3).to_data()[:40]
+    return header
+
+
+_REQUEST_HEADER = _request_header(4)
+
+
+def build_request(nonce: bytes | int) -> bytes:
+    """A version 4 client request whose transmit timestamp is the 8-byte ``nonce``.
+
+    The first 40 bytes never change, so ntplib encodes them once.
+    """
+    if isinstance(nonce, int):
+        nonce = struct.pack("!Q", nonce & 0xFFFF_FFFF_FFFF_FFFF)
+    if len(nonce) != 8:
+        raise ValueError("an NTP nonce is 8 bytes")
+    return _REQUEST_HEADER + nonce
 
 
 def parse_reply(data: bytes, request: bytes, sent_at: float, received_at: float) -> NtpReading:
