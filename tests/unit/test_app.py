@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from exporter.app import Runtime, make_app
@@ -15,6 +16,7 @@ from tests.metrics_text import value
 from tests.ntp_peer import NtpPeer
 
 SECRET = "pa55-w0rd-never-shown"
+Client = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture
@@ -38,14 +40,14 @@ def write_config(folder: Path, ntp_port: int, extra: str = "") -> Path:
 
 
 @pytest.fixture
-async def client(tmp_path: Path, peer: NtpPeer) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+async def client(tmp_path: Path, peer: NtpPeer) -> AsyncIterator[Client]:
     port = await peer.serve(offset=3.0)
     runtime = await Runtime.load(write_config(tmp_path, port))
     async with TestClient(TestServer(make_app(runtime))) as client:
         yield client
 
 
-async def test_metrics_in_text_format(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_metrics_in_text_format(client: Client) -> None:
     response = await client.get("/metrics")
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -66,7 +68,7 @@ async def test_metrics_in_text_format(client: TestClient) -> None:  # type: igno
     assert value(text, "exchange_auth_config_last_reload_successful") == 1
 
 
-async def test_metrics_in_openmetrics_when_asked(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_metrics_in_openmetrics_when_asked(client: Client) -> None:
     response = await client.get(
         "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
     )
@@ -74,7 +76,7 @@ async def test_metrics_in_openmetrics_when_asked(client: TestClient) -> None:  #
     assert (await response.text()).endswith("# EOF\n")
 
 
-async def test_metrics_gzipped_when_accepted(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_metrics_gzipped_when_accepted(client: Client) -> None:
     response = await client.get(
         "/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
     )
@@ -83,14 +85,14 @@ async def test_metrics_gzipped_when_accepted(client: TestClient) -> None:  # typ
     assert "exchange_auth_scrape_duration_seconds" in body
 
 
-async def test_timeout_header_sets_the_budget(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_timeout_header_sets_the_budget(client: Client) -> None:
     response = await client.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "4"})
     assert value(await response.text(), "exchange_auth_scrape_timeout_seconds") == pytest.approx(
         3.5
     )
 
 
-async def test_config_shows_the_effective_config_without_secrets(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_config_shows_the_effective_config_without_secrets(client: Client) -> None:
     text = await (await client.get("/config")).text()
     assert "realm: CORP.EXAMPLE.TEST" in text
     assert "max_skew: 5m" in text
@@ -98,7 +100,7 @@ async def test_config_shows_the_effective_config_without_secrets(client: TestCli
     assert SECRET not in text
 
 
-async def test_landing_page_lists_the_inventory(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_landing_page_lists_the_inventory(client: Client) -> None:
     response = await client.get("/")
     assert response.content_type == "text/html"
     page = await response.text()
@@ -106,16 +108,16 @@ async def test_landing_page_lists_the_inventory(client: TestClient) -> None:  # 
     assert 'href="metrics"' in page
 
 
-async def test_health_and_readiness(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_health_and_readiness(client: Client) -> None:
     assert (await client.get("/-/healthy")).status == 200
     assert (await client.get("/-/ready")).status == 200
     assert (await client.get("/no-such-page")).status == 404
 
 
 async def test_reload_applies_a_good_config_and_keeps_the_old_one_on_error(
-    client: TestClient,
+    client: Client,
     tmp_path: Path,
-    peer: NtpPeer,  # type: ignore[type-arg]
+    peer: NtpPeer,
 ) -> None:
     port = await peer.serve(offset=-7.0)
     extra = f"exchange_servers: {{static: [{{name: exch1.corp.example.test, address: 127.0.0.1, ports: {{ntp: {port}}}}}]}}\n"
@@ -140,5 +142,5 @@ async def test_reload_applies_a_good_config_and_keeps_the_old_one_on_error(
     assert value(text, "exchange_auth_inventory_servers", role="exchange") == 1  # old config kept
 
 
-async def test_reload_only_by_post(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_reload_only_by_post(client: Client) -> None:
     assert (await client.get("/-/reload")).status == 405

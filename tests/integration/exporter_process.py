@@ -1,0 +1,87 @@
+"""The exporter as a real process, the way an admin runs it, for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ExporterProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_file: Path
+
+    def get(
+        self, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+    ) -> tuple[int, str]:
+        request = urllib.request.Request(self.url + path, headers=headers or {}, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+
+@contextmanager
+def exporter_process(config: Path, log_file: Path, *extra: str) -> Iterator[ExporterProcess]:
+    port = free_port()
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                f"--config.file={config}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    exporter = ExporterProcess(process, f"http://127.0.0.1:{port}", log_file)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"exporter exited with {process.returncode}:\n{exporter.log()}")
+            try:
+                if exporter.get("/-/ready")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"exporter not ready after 15 s:\n{exporter.log()}")
+            time.sleep(0.05)
+        yield exporter
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
