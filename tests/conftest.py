@@ -1,0 +1,100 @@
+"""Shared fixtures: the real lab (tests/lab), started at most once per test session.
+
+``lab`` is the full lab (Samba AD DC + NTP servers); ``ntp_lab`` only needs the NTP servers
+and reuses whatever lab is running, so NTP-only tests never pay for Samba. A session that
+first needs ``ntp_lab`` and later ``lab`` adds Samba to the running lab. Tests marked
+``@pytest.mark.lab`` get the full lab without naming the fixture.
+
+When the lab cannot start (not root, a package missing, a port taken) the tests that need it
+FAIL with the reason: a lab test that silently skips would count as a pass.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from types import FrameType
+
+import pytest
+
+from tests.lab import Lab, LabError
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "lab: needs the real lab (Samba AD DC and chronyd on 127.0.10.x); it is started once "
+        "per session, as root",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests that use the lab fixtures are lab tests too, so `-m "not lab"` leaves them out.
+    for item in items:
+        if {"lab", "ntp_lab"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.lab)
+
+
+class _SessionLab:
+    def __init__(self) -> None:
+        self.lab: Lab | None = None
+        self.error: str | None = None
+        self._sigterm_installed = False
+
+    def get(self, *, samba: bool) -> Lab:
+        if self.error is None:
+            try:
+                if self.lab is None:
+                    self._stop_on_sigterm()
+                    self.lab = Lab.start(samba=samba, ntp=True)
+                else:
+                    self.lab.ensure(samba=samba, ntp=True)
+            except LabError as exc:
+                # Kept, so every later test fails at once instead of waiting for the same timeout.
+                self.error = f"the lab could not start: {exc}"
+        if self.error is not None or self.lab is None:
+            pytest.fail(self.error or "the lab could not start", pytrace=False)
+        return self.lab
+
+    def _stop_on_sigterm(self) -> None:
+        # SIGTERM would end pytest without fixture teardown or atexit; as KeyboardInterrupt,
+        # pytest stops the session cleanly and the lab is torn down.
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+
+        def interrupt(signum: int, frame: FrameType | None) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, interrupt)
+        self._sigterm_installed = True
+
+    def stop(self) -> None:
+        if self._sigterm_installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if self.lab is not None:
+            self.lab.stop()
+
+
+@pytest.fixture(scope="session")
+def _session_lab() -> Iterator[_SessionLab]:
+    holder = _SessionLab()
+    yield holder
+    holder.stop()
+
+
+@pytest.fixture(scope="session")
+def lab(_session_lab: _SessionLab) -> Lab:
+    """The full lab: Samba AD DC on dc1 plus NTP on dc1, exch1 and exch2 (+420 s)."""
+    return _session_lab.get(samba=True)
+
+
+@pytest.fixture(scope="session")
+def ntp_lab(_session_lab: _SessionLab) -> Lab:
+    """A lab with at least the NTP servers running (the full lab if it is already up)."""
+    return _session_lab.get(samba=False)
+
+
+@pytest.fixture(autouse=True)
+def _lab_for_marked_tests(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("lab") is not None:
+        request.getfixturevalue("lab")

@@ -1,0 +1,386 @@
+"""A Samba AD DC in a folder of its own: provisioned (or copied from a cache), then run as our child.
+
+Provisioning takes about 5 s, so a provisioned folder is kept under ``CACHE_ROOT`` keyed by
+everything that shapes it, and each lab gets a copy (tens of milliseconds). Only smb.conf
+names the folder, so the copy just needs its paths rewritten.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from tests.lab.errors import LabError
+from tests.lab.net import root_dse_attribute, tcp_accepts
+from tests.lab.procs import ManagedProcess, wait_until
+
+log = logging.getLogger("tests.lab")
+
+CACHE_ROOT = Path(os.environ.get("EXCHANGE_AUTH_LAB_CACHE", "/var/tmp/exchange-auth-lab-cache"))
+# Bump when the way a cache entry is built changes, so old entries are not reused.
+CACHE_FORMAT = 1
+
+# Left out: s3fs (smbd, not needed and it died here), nbt and wrepl (NetBIOS broadcasts),
+# winbindd, ntp_signd (chrony plays NTP), and dnsupdate, which runs samba_dnsupdate against the
+# resolver in /etc/resolv.conf: traffic that would leave loopback.
+SERVER_SERVICES = ("rpc", "ldap", "cldap", "kdc", "drepl", "kcc", "dns")
+
+# Ports a DC binds on its address; anything else holding them must go first.
+DC_PORTS = (
+    ("tcp", 53),
+    ("udp", 53),
+    ("tcp", 88),
+    ("udp", 88),
+    ("tcp", 135),
+    ("tcp", 389),
+    ("udp", 389),
+    ("tcp", 464),
+    ("udp", 464),
+    ("tcp", 636),
+    ("tcp", 3268),
+    ("tcp", 3269),
+)
+
+
+@dataclass(frozen=True)
+class DomainControllerSpec:
+    """Everything that shapes a provisioned DC folder (and so the cache key)."""
+
+    realm: str
+    netbios_domain: str
+    host_name: str  # short name, e.g. "dc1"
+    address: str
+
+    @property
+    def dns_domain(self) -> str:
+        return self.realm.lower()
+
+    @property
+    def fqdn(self) -> str:
+        return f"{self.host_name}.{self.dns_domain}"
+
+    def provision_argv(self, targetdir: Path, admin_password: str) -> list[str]:
+        return [
+            "samba-tool",
+            "domain",
+            "provision",
+            f"--realm={self.realm}",
+            f"--domain={self.netbios_domain}",
+            "--server-role=dc",
+            "--dns-backend=SAMBA_INTERNAL",
+            f"--adminpass={admin_password}",
+            f"--targetdir={targetdir}",
+            f"--host-name={self.host_name}",
+            f"--host-ip={self.address}",
+            f"--option=netbios name={self.host_name.upper()}",
+            f"--option=interfaces={self.address}",
+            "--option=bind interfaces only=yes",
+            # A later step adds an Exchange schema subset, which Samba refuses without this.
+            "--option=dsdb:schema update allowed=true",
+        ]
+
+    def cache_key(self) -> str:
+        shape = {
+            "format": CACHE_FORMAT,
+            "samba": samba_version(),
+            "argv": self.provision_argv(Path("TARGET"), "PASSWORD"),
+        }
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@cache
+def samba_version() -> str:
+    return subprocess.run(
+        ["samba", "-V"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def generate_password() -> str:
+    # Always upper, lower, digit and symbol: Samba's default complexity rule wants three of four.
+    return f"Lab!{secrets.token_hex(10)}Zq7"
+
+
+def _run(argv: Sequence[str], *, what: str, log_path: Path | None = None) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if log_path is not None:
+        log_path.write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
+        raise LabError(f"{what} failed (exit status {result.returncode}):\n{tail}")
+
+
+def _provision_into(spec: DomainControllerSpec, targetdir: Path, admin_password: str) -> None:
+    started = time.monotonic()
+    _run(
+        spec.provision_argv(targetdir, admin_password),
+        what="samba-tool domain provision",
+        log_path=targetdir.parent / f"{targetdir.name}-provision.log",
+    )
+    smb_conf = targetdir / "etc" / "smb.conf"
+    # A cached copy may be used long after it was made; the default 42-day maximum password age
+    # would then expire Administrator's password under our feet.
+    _run(
+        [
+            "samba-tool",
+            "user",
+            "setexpiry",
+            "Administrator",
+            "--noexpiry",
+            f"--configfile={smb_conf}",
+            "-H",
+            str(targetdir / "private" / "sam.ldb"),
+        ],
+        what="samba-tool user setexpiry",
+    )
+    _write_tls_certificate(spec, targetdir / "private" / "tls")
+    # Sockets of the provisioning run: useless later, and cp cannot copy them.
+    shutil.rmtree(targetdir / "msg.sock", ignore_errors=True)
+    log.info("provisioned %s for %s in %.1f s", spec.realm, spec.fqdn, time.monotonic() - started)
+
+
+def _write_tls_certificate(spec: DomainControllerSpec, tls_dir: Path) -> None:
+    # Samba would generate a 4096-bit key on first start (about 2 s, every lab); doing it once
+    # here also gives the certificate the DC's address, so clients may verify it against ca.pem.
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    key, cert = tls_dir / "key.pem", tls_dir / "cert.pem"
+    _run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "3650",
+            "-subj",
+            f"/CN={spec.fqdn}",
+            "-addext",
+            f"subjectAltName=DNS:{spec.fqdn},IP:{spec.address}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        what="openssl req (the DC's TLS certificate)",
+    )
+    key.chmod(0o600)  # Samba refuses a key file others can read
+    shutil.copyfile(cert, tls_dir / "ca.pem")
+
+
+def _runtime_globals(root: Path) -> dict[str, str]:
+    run = root / "run"
+    return {
+        # Each DC gets its own runtime folders, or a second DC finds the first one's pid file
+        # and exits. Samba creates "ntp signd socket directory" itself (0750); it must not exist.
+        "pid directory": str(run),
+        "ncalrpc dir": str(run / "ncalrpc"),
+        "winbindd socket directory": str(run / "winbindd"),
+        "ntp signd socket directory": str(run / "ntp_signd"),
+        "server services": " ".join(SERVER_SERVICES),
+        "log file": str(root / "log.%m"),
+    }
+
+
+# Provisioning copies the host's resolver into "dns forwarder": unknown names would be forwarded
+# off the machine. Samba's default (empty) forwards nothing.
+_DROPPED_GLOBALS = {"dns forwarder", "logging", "max log size", "panic action"}
+
+
+def rewrite_smb_conf(text: str, old_root: str, new_root: Path) -> str:
+    """smb.conf moved from ``old_root`` to ``new_root``, with the lab's runtime settings."""
+    runtime = _runtime_globals(new_root)
+    out = []
+    section = ""
+    for line in text.replace(old_root, str(new_root)).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped.lower()
+            out.append(line)
+            if section == "[global]":
+                out.extend(f"\t{key} = {value}" for key, value in runtime.items())
+            continue
+        if section == "[global]" and "=" in stripped:
+            key = " ".join(stripped.split("=", 1)[0].split()).lower()
+            if key in _DROPPED_GLOBALS or key in runtime:
+                continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _cache_entry(spec: DomainControllerSpec) -> Path:
+    """A provisioned folder for ``spec`` in the cache, built on first use."""
+    entry = CACHE_ROOT / spec.cache_key()
+    with _locked(CACHE_ROOT / ".lock"):
+        if (entry / "meta.json").is_file():
+            return entry
+        shutil.rmtree(entry, ignore_errors=True)  # an entry without meta.json is half-built
+        build = CACHE_ROOT / f".build-{entry.name}-{os.getpid()}"
+        shutil.rmtree(build, ignore_errors=True)
+        build.mkdir(parents=True, mode=0o700)
+        try:
+            password = generate_password()
+            _provision_into(spec, build / "dc", password)
+            password_file = build / "admin-password"
+            password_file.write_text(password)
+            password_file.chmod(0o600)
+            meta = {"targetdir": str(build / "dc"), "spec": spec.__dict__, "samba": samba_version()}
+            (build / "meta.json").write_text(json.dumps(meta, indent=2))
+            build.rename(entry)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+        return entry
+
+
+def provision(spec: DomainControllerSpec, target: Path, *, use_cache: bool = True) -> str:
+    """Make ``target`` a provisioned DC folder ready to start; returns Administrator's password."""
+    if use_cache:
+        entry = _cache_entry(spec)
+        started = time.monotonic()
+        # cp -a keeps the NT ACLs Samba stores in extended attributes on sysvol.
+        _run(["cp", "-a", str(entry / "dc"), str(target)], what="copying the cached DC folder")
+        old_root = json.loads((entry / "meta.json").read_text())["targetdir"]
+        password = (entry / "admin-password").read_text()
+        log.info("copied provisioned DC from %s in %.2f s", entry, time.monotonic() - started)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        password = generate_password()
+        _provision_into(spec, target, password)
+        old_root = str(target)
+    smb_conf = target / "etc" / "smb.conf"
+    smb_conf.write_text(rewrite_smb_conf(smb_conf.read_text(), old_root, target))
+    (target / "run").mkdir(exist_ok=True)
+    return password
+
+
+def krb5_conf(realm: str, kdc_addresses: Sequence[str]) -> str:
+    # No DNS at all: the host's resolver is off loopback, and the lab's names are not in it.
+    kdcs = "".join(f"\t\tkdc = {address}\n" for address in kdc_addresses)
+    return (
+        "[libdefaults]\n"
+        f"\tdefault_realm = {realm}\n"
+        "\tdns_lookup_realm = false\n"
+        "\tdns_lookup_kdc = false\n"
+        "\trdns = false\n"
+        "\tdns_canonicalize_hostname = false\n"
+        "\n"
+        "[realms]\n"
+        f"\t{realm} = {{\n"
+        f"{kdcs}"
+        f"\t\tadmin_server = {kdc_addresses[0]}\n"
+        "\t}\n"
+        "\n"
+        "[domain_realm]\n"
+        f"\t.{realm.lower()} = {realm}\n"
+        f"\t{realm.lower()} = {realm}\n"
+    )
+
+
+@dataclass
+class SambaDC:
+    """One provisioned domain controller folder and, once started, its ``samba`` process."""
+
+    spec: DomainControllerSpec
+    directory: Path
+    admin_password: str
+    krb5_conf: Path
+    process: ManagedProcess | None = None
+
+    @property
+    def smb_conf(self) -> Path:
+        return self.directory / "etc" / "smb.conf"
+
+    @property
+    def sam_ldb(self) -> Path:
+        return self.directory / "private" / "sam.ldb"
+
+    @property
+    def tls_ca_file(self) -> Path:
+        return self.directory / "private" / "tls" / "ca.pem"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "samba.log"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KRB5_CONFIG": str(self.krb5_conf)}
+
+    def spawn(self) -> ManagedProcess:
+        self.process = ManagedProcess(
+            f"samba-{self.spec.host_name}",
+            ["samba", "-i", "-s", str(self.smb_conf), "--debug-stdout"],
+            log_path=self.log_path,
+            env=self.env(),
+            stdin_lifeline=True,
+        )
+        return self.process
+
+    def ready(self) -> bool:
+        if not all(tcp_accepts(self.spec.address, port, timeout=0.2) for port in (88, 389, 636)):
+            return False
+        try:
+            host = root_dse_attribute(self.spec.address, "dnsHostName", timeout=1.0)
+        except (OSError, ValueError, IndexError):
+            return False
+        return host is not None and host.lower() == self.spec.fqdn
+
+    def wait_ready(self, *, timeout: float = 60.0) -> None:
+        """Poll Kerberos and LDAP(S) until they accept connections and the rootDSE answers."""
+        process = self.process
+        if process is None:
+            raise LabError(f"samba for {self.spec.fqdn} was never started")
+
+        def gone() -> str | None:
+            return process.exit_reason()
+
+        try:
+            wait_until(self.ready, timeout=timeout, what=f"samba for {self.spec.fqdn}", abort=gone)
+        except LabError as exc:
+            if process.exit_reason() is None:
+                raise LabError(
+                    f"{exc}; last lines of {self.log_path}:\n{process.log_tail()}"
+                ) from None
+            raise
+
+    def samba_tool(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``samba-tool ARGS`` against this DC's own configuration (and sam.ldb by default)."""
+        result = subprocess.run(
+            ["samba-tool", *args, f"--configfile={self.smb_conf}"],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+        )
+        if check and result.returncode != 0:
+            raise LabError(
+                f"samba-tool {' '.join(args)} failed (exit status {result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()}"
+            )
+        return result
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
