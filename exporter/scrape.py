@@ -98,33 +98,33 @@ async def run_scrape(
     scrape_deadline = started + budget
     resolver = Resolver()
     shared = Shared()
-    limit: asyncio.Semaphore | None = asyncio.Semaphore(settings.scrape.max_concurrency)
-    planned: list[tuple[str, Server, asyncio.Task[CheckRun[Any]]]] = []
-    timers: list[asyncio.TimerHandle] = []
-    # Under the limit, the semaphore would only cost time.
-    total = sum(
-        sum(1 for server in inventory.servers if spec.applies_to(server, spec.bind(settings)))
-        for spec in checks
-        if spec.enabled(spec.bind(settings))
-    )
-    if total <= settings.scrape.max_concurrency:
-        limit = None
-    runs: dict[str, list[CheckRun[Any]]] = {}
+    batches: list[tuple[CheckSpec[Any, Any], CheckContext, Any, list[Server]]] = []
     for spec in checks:
         check_settings = spec.bind(settings)
-        if not spec.enabled(check_settings):
-            continue
+        if spec.enabled(check_settings):
+            deadline = min(scrape_deadline, started + spec.timeout(check_settings))
+            targets = [s for s in inventory.servers if spec.applies_to(s, check_settings)]
+            ctx = CheckContext(deadline, settings, resolver, shared)
+            batches.append((spec, ctx, check_settings, targets))
+
+    # Under the limit, a semaphore would only cost time.
+    limit = None
+    if sum(len(targets) for *_, targets in batches) > settings.scrape.max_concurrency:
+        limit = asyncio.Semaphore(settings.scrape.max_concurrency)
+    runs: dict[str, list[CheckRun[Any]]] = {}
+    planned: list[tuple[str, Server, asyncio.Task[CheckRun[Any]]]] = []
+    timers: list[asyncio.TimerHandle] = []
+    for spec, ctx, check_settings, targets in batches:
         runs[spec.name] = []
-        deadline = min(scrape_deadline, started + spec.timeout(check_settings))
-        ctx = CheckContext(deadline, settings, resolver, shared)
-        tasks = []
-        for server in inventory.servers:
-            if spec.applies_to(server, check_settings):
-                task = asyncio.create_task(_run_one(spec, ctx, server, check_settings, limit))
-                planned.append((spec.name, server, task))
-                tasks.append(task)
+        tasks = [
+            asyncio.create_task(_run_one(spec, ctx, server, check_settings, limit))
+            for server in targets
+        ]
+        planned.extend(
+            (spec.name, server, task) for server, task in zip(targets, tasks, strict=True)
+        )
         # One timer per check rather than one per task: a scrape may run thousands of tasks.
-        timers.append(loop.call_at(deadline + CANCEL_GRACE, _cancel_unfinished, tasks))
+        timers.append(loop.call_at(ctx.deadline + CANCEL_GRACE, _cancel_unfinished, tasks))
 
     try:
         if planned:
@@ -134,14 +134,15 @@ async def run_scrape(
                 timeout=max(0.0, scrape_deadline + 2 * CANCEL_GRACE - loop.time()),
             )
     finally:
+        # Also when this scrape itself is cancelled: no check may outlive it.
         for timer in timers:
             timer.cancel()
+        _cancel_unfinished([task for _, _, task in planned])
         shared.close()
     for name, server, task in planned:
         if task.done() and not task.cancelled() and task.exception() is None:
             runs[name].append(task.result())
         else:
-            task.cancel()
             runs[name].append(
                 CheckRun(name, server, Failure("timeout", "did not stop at the deadline"), budget)
             )

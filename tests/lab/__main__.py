@@ -9,9 +9,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.lab.errors import LabError
 from tests.lab.lab import DEFAULT_NETWORK, Lab
@@ -107,7 +110,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 what=f"the exporter on {args.listen}",
                 abort=lambda: None if exporter.poll() is None else "it exited",
             )
-            print(f"exporter: http://{args.listen}/metrics", flush=True)
+            print(f"exporter: http://{args.listen}/  (metrics at /metrics)", flush=True)
+            print(_first_scrape(f"http://{args.listen}/metrics"), flush=True)
             if args.ready_file is not None:
                 args.ready_file.touch()
             while not stop.wait(0.5):
@@ -130,6 +134,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     exporter.wait()
 
     return _run_lab(args, serve)
+
+
+def _first_scrape(url: str) -> str:
+    """What a newcomer should see at once: each Exchange server's skew against each DC."""
+    try:
+        with urllib.request.urlopen(url, timeout=15) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        return f"first scrape failed: {exc}"
+    lines = [
+        "first scrape: clock skew, Exchange server vs domain controller (Kerberos allows 300 s)"
+    ]
+    for family in text_string_to_metric_families(text):
+        if family.name == "exchange_auth_clock_skew_seconds":
+            for sample in family.samples:
+                verdict = "BROKEN: Kerberos will fail" if sample.value > 300 else "ok"
+                lines.append(
+                    f"  {sample.labels['exchange_server']:<26} vs {sample.labels['domain_controller']:<24}"
+                    f" {sample.value:8.2f} s  {verdict}"
+                )
+    return "\n".join(lines)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
