@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import yaml
@@ -14,7 +16,7 @@ from prometheus_client.exposition import choose_encoder
 
 from . import __version__
 from .config import ConfigError, Settings, load_file
-from .inventory import Inventory, build_inventory
+from .inventory import Inventory, build_inventory, refresh_interval
 from .metrics import ReloadStatus, ScrapeCollector
 from .scrape import run_scrape, scrape_budget
 
@@ -40,12 +42,17 @@ class Runtime:
         settings = load_file(config_file)
         return cls(config_file, settings, await build_inventory(settings))
 
+    async def refresh_inventory(self) -> None:
+        """Run discovery again; what a failing discovery found before is kept."""
+        async with self._lock:
+            self.inventory = await build_inventory(self.settings, self.inventory)
+
     async def reload(self) -> None:
         """Load the file again; on any problem keep the configuration in force and re-raise."""
         async with self._lock:
             try:
                 settings = await asyncio.to_thread(load_file, self.config_file)
-                inventory = await build_inventory(settings)
+                inventory = await build_inventory(settings, self.inventory)
             except ConfigError:
                 self.reload_status = ReloadStatus(False, self.reload_status.last_success)
                 raise
@@ -65,6 +72,26 @@ class Runtime:
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
+
+
+async def _rediscover(app: web.Application) -> AsyncIterator[None]:
+    """Background discovery on the configured interval (re-read after each reload)."""
+    runtime = app[RUNTIME]
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(refresh_interval(runtime.settings) or 60.0)
+            if refresh_interval(runtime.settings) is not None:
+                try:
+                    await runtime.refresh_inventory()
+                except Exception:
+                    log.exception("inventory refresh failed")
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -144,4 +171,5 @@ def make_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_post("/-/reload", reload)
+    app.cleanup_ctx.append(_rediscover)
     return app

@@ -157,12 +157,21 @@ class ServerEntry(_Model):
 
 class DomainControllers(_Model):
     discover: Literal["dns", "ldap", "none"] = "none"
+    refresh_interval: Duration = 300.0
     static: list[ServerEntry] = Field(default_factory=list)
 
 
 class ExchangeServers(_Model):
     discover: Literal["ldap", "none"] = "none"
+    refresh_interval: Duration = 300.0
     static: list[ServerEntry] = Field(default_factory=list)
+
+
+class DnsSettings(_Model):
+    # Empty: the host's resolver configuration (/etc/resolv.conf).
+    nameservers: list[IPAddress] = Field(default_factory=list)
+    port: Port = 53
+    timeout: Duration = 5.0
 
 
 ClockSource = Literal["ntp", "kerberos", "smtp", "ldap"]
@@ -235,6 +244,7 @@ class ScrapeSettings(_Model):
 class Settings(_Model):
     realm: Annotated[str, Field(min_length=1)]
     ldap: LdapSettings | None = None
+    dns: DnsSettings = Field(default_factory=DnsSettings)
     domain_controllers: DomainControllers = Field(default_factory=DomainControllers)
     exchange_servers: ExchangeServers = Field(default_factory=ExchangeServers)
     checks: Checks = Field(default_factory=Checks)

@@ -1,53 +1,43 @@
 """Who to probe: the configured servers plus whatever discovery finds, each with its role.
 
-Discovery methods (DNS SRV, LDAP) plug in through :data:`DISCOVERERS`; until one is
-registered for a configured method, the inventory says so instead of failing.
+Static entries always win over discovered ones of the same name. A discovery that fails keeps
+the servers it found last time, so a DNS hiccup never empties the inventory.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 from .config import ServerEntry, Settings
+from .dns_discovery import discover_domain_controllers
+from .servers import Role, Server
 
-__all__ = ["DISCOVERERS", "Discovery", "Inventory", "Role", "Server", "build_inventory"]
+__all__ = [
+    "DISCOVERERS",
+    "Discovery",
+    "Inventory",
+    "Role",
+    "Server",
+    "build_inventory",
+    "refresh_interval",
+]
 
 log = logging.getLogger(__name__)
 
 
-class Role(enum.StrEnum):
-    DOMAIN_CONTROLLER = "domain_controller"
-    EXCHANGE = "exchange"
-
-
-@dataclass(frozen=True, slots=True)
-class Server:
-    """One host to probe. ``name`` is the lower-case FQDN and the ``server`` label."""
-
-    name: str
-    role: Role
-    address: str | None = None
-    ports: Mapping[str, int] = field(default_factory=dict)
-    origin: str = "static"
-
-    def port(self, service: str, default: int) -> int:
-        return self.ports.get(service, default)
-
-
 @dataclass(frozen=True)
 class Discovery:
-    """The outcome of one discovery method for one role, for the inventory metrics."""
+    """The outcome of the last run of one discovery method for one role."""
 
     role: Role
     method: str
     success: bool
     found: int = 0
     reason: str = ""
-    at: float = 0.0
+    last_success: float = 0.0  # Unix time; 0 = never
 
 
 @dataclass(frozen=True)
@@ -63,10 +53,15 @@ class Inventory:
     def exchange_servers(self) -> tuple[Server, ...]:
         return tuple(s for s in self.servers if s.role is Role.EXCHANGE)
 
+    def discovery(self, role: Role, method: str) -> Discovery | None:
+        return next((d for d in self.discoveries if (d.role, d.method) == (role, method)), None)
+
 
 Discoverer = Callable[[Settings], Awaitable[list[Server]]]
-# (role, method) -> coroutine returning the servers found. Later modules register here.
-DISCOVERERS: dict[tuple[Role, str], Discoverer] = {}
+# (role, method) -> coroutine returning the servers found; LDAP discovery registers here too.
+DISCOVERERS: dict[tuple[Role, str], Discoverer] = {
+    (Role.DOMAIN_CONTROLLER, "dns"): discover_domain_controllers,
+}
 
 
 def _static(entries: Iterable[ServerEntry], role: Role) -> list[Server]:
@@ -75,7 +70,32 @@ def _static(entries: Iterable[ServerEntry], role: Role) -> list[Server]:
     ]
 
 
-async def build_inventory(settings: Settings) -> Inventory:
+async def _discover(
+    settings: Settings, role: Role, method: str, previous: Inventory | None
+) -> tuple[list[Server], Discovery]:
+    last = previous.discovery(role, method) if previous else None
+    kept = [s for s in previous.servers if (s.role, s.origin) == (role, method)] if previous else []
+    discoverer = DISCOVERERS.get((role, method))
+    if discoverer is None:
+        log.warning("discovery of %s servers by %s is not available in this version", role, method)
+        return [], Discovery(role, method, False, reason="unsupported")
+    try:
+        found = await discoverer(settings)
+    except Exception as exc:  # any failure keeps what the last good run found
+        log.warning(
+            "discovery of %s servers by %s failed, keeping the %d found before: %s",
+            role,
+            method,
+            len(kept),
+            exc,
+        )
+        return kept, Discovery(
+            role, method, False, len(kept), "error", last.last_success if last else 0.0
+        )
+    return found, Discovery(role, method, True, len(found), last_success=time.time())
+
+
+async def build_inventory(settings: Settings, previous: Inventory | None = None) -> Inventory:
     """Static servers first; discovered servers are added unless a static entry names them."""
     servers = _static(settings.domain_controllers.static, Role.DOMAIN_CONTROLLER)
     servers += _static(settings.exchange_servers.static, Role.EXCHANGE)
@@ -88,21 +108,19 @@ async def build_inventory(settings: Settings) -> Inventory:
     for role, method in wanted:
         if method == "none":
             continue
-        discoverer = DISCOVERERS.get((role, method))
-        if discoverer is None:
-            log.warning(
-                "discovery of %s servers by %s is not available in this version", role, method
-            )
-            discoveries.append(Discovery(role, method, False, reason="unsupported", at=time.time()))
-            continue
-        try:
-            found = await discoverer(settings)
-        except Exception as exc:  # a discovery failure must not lose the static servers
-            log.warning("discovery of %s servers by %s failed: %s", role, method, exc)
-            discoveries.append(Discovery(role, method, False, reason="error", at=time.time()))
-            continue
+        found, discovery = await _discover(settings, role, method, previous)
+        discoveries.append(discovery)
         fresh = [s for s in found if s.name not in known]
         known.update(s.name for s in fresh)
         servers += fresh
-        discoveries.append(Discovery(role, method, True, found=len(found), at=time.time()))
     return Inventory(tuple(servers), tuple(discoveries))
+
+
+def refresh_interval(settings: Settings) -> float | None:
+    """How often to run discovery again; None when nothing is discovered."""
+    intervals = []
+    if settings.domain_controllers.discover != "none":
+        intervals.append(settings.domain_controllers.refresh_interval)
+    if settings.exchange_servers.discover != "none":
+        intervals.append(settings.exchange_servers.refresh_interval)
+    return min(intervals, default=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,21 +78,32 @@ class ScrapeCollector:
 
     def _inventory_metrics(self) -> Iterator[Metric]:
         servers = GaugeMetricFamily(
-            "exchange_auth_inventory_servers", "Servers in the inventory, by role.", labels=["role"]
+            "exchange_auth_inventory_servers",
+            "Servers in the inventory, by role and by where they came from (static, dns, ldap).",
+            labels=["role", "source"],
         )
-        for role in Role:
-            servers.add_metric(
-                [role.value], sum(1 for s in self._inventory.servers if s.role is role)
-            )
+        counts = Counter((s.role.value, s.origin) for s in self._inventory.servers)
+        for each_role in Role:
+            counts.setdefault((each_role.value, "static"), 0)
+        for (role, source), count in sorted(counts.items()):
+            servers.add_metric([role, source], count)
         yield servers
-        discovery = GaugeMetricFamily(
+        success = GaugeMetricFamily(
             "exchange_auth_discovery_success",
-            "1 when the last discovery of servers of this role by this method succeeded.",
-            labels=["role", "method", "reason"],
+            "1 when the last discovery of servers of this role by this method succeeded; on failure "
+            "the servers it found before are kept.",
+            labels=["role", "method"],
+        )
+        last_success = GaugeMetricFamily(
+            "exchange_auth_discovery_last_success_timestamp_seconds",
+            "When discovery of servers of this role by this method last succeeded; 0 = never.",
+            labels=["role", "method"],
         )
         for d in self._inventory.discoveries:
-            discovery.add_metric([d.role.value, d.method, d.reason], 1 if d.success else 0)
-        yield discovery
+            success.add_metric([d.role.value, d.method], 1 if d.success else 0)
+            last_success.add_metric([d.role.value, d.method], d.last_success)
+        yield success
+        yield last_success
 
     def _self_metrics(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import clock
+from . import clock, kerberos
 from .base import CheckSpec
 
-CHECKS: tuple[CheckSpec[Any, Any], ...] = (clock.SPEC.erased(),)
+CHECKS: tuple[CheckSpec[Any, Any], ...] = (clock.SPEC.erased(), kerberos.SPEC.erased())
 
 __all__ = ["CHECKS"]

@@ -16,7 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from prometheus_client.core import Metric
 
 from ..config import Settings
-from ..inventory import Server
+from ..servers import Server
 
 __all__ = [
     "CheckContext",

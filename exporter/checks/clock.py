@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ..config import ClockCheck, Settings
-from ..inventory import Role, Server
 from ..protocols.ntp import NtpReading, NtpReplyError, build_request, parse_reply
+from ..servers import Role, Server
 from .base import CheckContext, CheckError, CheckRun, CheckSpec, ClockReading, Failure
 
 __all__ = ["SPEC", "NtpResult", "check_clock", "clock_metrics", "ntp_query", "skew_pairs"]

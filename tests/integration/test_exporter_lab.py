@@ -113,7 +113,12 @@ def test_sighup_reloads_a_good_config_and_keeps_the_old_one_on_error(
     path = write(tmp_path / "exporter.yml", config)
     with exporter_process(path, tmp_path / "exporter.log") as exporter:
         assert (
-            value(exporter.get("/metrics")[1], "exchange_auth_inventory_servers", role="exchange")
+            value(
+                exporter.get("/metrics")[1],
+                "exchange_auth_inventory_servers",
+                role="exchange",
+                source="static",
+            )
             == 0
         )
 
@@ -122,7 +127,10 @@ def test_sighup_reloads_a_good_config_and_keeps_the_old_one_on_error(
         assert _eventually(
             lambda: (
                 value(
-                    exporter.get("/metrics")[1], "exchange_auth_inventory_servers", role="exchange"
+                    exporter.get("/metrics")[1],
+                    "exchange_auth_inventory_servers",
+                    role="exchange",
+                    source="static",
                 )
                 == 2
             )
@@ -140,7 +148,7 @@ def test_sighup_reloads_a_good_config_and_keeps_the_old_one_on_error(
             )
         )
         text = exporter.get("/metrics")[1]
-        assert value(text, "exchange_auth_inventory_servers", role="exchange") == 2
+        assert value(text, "exchange_auth_inventory_servers", role="exchange", source="static") == 2
         assert "checks_typo (line" in exporter.log()
 
         exporter.signal(signal.SIGTERM)

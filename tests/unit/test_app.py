@@ -125,7 +125,7 @@ async def test_reload_applies_a_good_config_and_keeps_the_old_one_on_error(
     config.write_text(config.read_text() + extra)
     assert (await client.post("/-/reload")).status == 200
     text = await (await client.get("/metrics")).text()
-    assert value(text, "exchange_auth_inventory_servers", role="exchange") == 1
+    assert value(text, "exchange_auth_inventory_servers", role="exchange", source="static") == 1
     assert value(
         text,
         "exchange_auth_clock_skew_seconds",
@@ -139,7 +139,9 @@ async def test_reload_applies_a_good_config_and_keeps_the_old_one_on_error(
     assert "surprise (line" in await response.text()
     text = await (await client.get("/metrics")).text()
     assert value(text, "exchange_auth_config_last_reload_successful") == 0
-    assert value(text, "exchange_auth_inventory_servers", role="exchange") == 1  # old config kept
+    assert (
+        value(text, "exchange_auth_inventory_servers", role="exchange", source="static") == 1
+    )  # old config kept
 
 
 async def test_reload_only_by_post(client: Client) -> None:
