@@ -64,7 +64,7 @@ class Measure:
     full_cpu: float = 0.0
 
 
-def _settings(ports: list[int]) -> Settings:
+def _settings(ports: list[int], max_concurrency: int | None) -> Settings:
     # One Exchange server and the rest DCs: the skew pairs grow with N, not N², so the
     # exposition stays a measure of the fan-out (pairs are Exchange servers x DCs).
     exchange = ports[:1]
@@ -78,8 +78,8 @@ def _settings(ports: list[int]) -> Settings:
 
     return load_text(
         "realm: corp.example.test\n"
-        f"scrape: {{max_concurrency: {len(ports)}}}\n"
-        f"domain_controllers: {{static: [{entries('dc', dcs)}]}}\n"
+        + (f"scrape: {{max_concurrency: {max_concurrency}}}\n" if max_concurrency else "")
+        + f"domain_controllers: {{static: [{entries('dc', dcs)}]}}\n"
         f"exchange_servers: {{static: [{entries('exch', exchange)}]}}\n"
     )
 
@@ -127,6 +127,12 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="scrape.max_concurrency (default: the exporter's default, 256)",
+    )
     args = parser.parse_args()
 
     print(
@@ -139,7 +145,7 @@ def main() -> None:
         responder.start()
         ports: list[int] = parent.recv()
         try:
-            settings = _settings(ports)
+            settings = _settings(ports, args.max_concurrency)
             ours: list[Measure] = []
             theirs: list[Measure] = []
             asyncio.run(_exporter_scrape(settings))  # warm-up: imports, first-use caches

@@ -7,18 +7,21 @@ import contextlib
 import html
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from . import __version__
+from .checks import CHECKS
+from .checks.base import CheckSpec
 from .config import ConfigError, Settings, load_file
 from .inventory import Inventory, build_inventory, refresh_interval
 from .metrics import ReloadStatus, ScrapeCollector
-from .scrape import run_scrape, scrape_budget
+from .scrape import ScrapeResult, run_scrape, scrape_budget
 
 __all__ = ["RUNTIME", "Runtime", "make_app"]
 
@@ -30,16 +33,44 @@ TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 class Runtime:
     """The configuration in force and its inventory; swapped whole on a successful reload."""
 
-    def __init__(self, config_file: Path, settings: Settings, inventory: Inventory) -> None:
+    def __init__(
+        self,
+        config_file: Path,
+        settings: Settings,
+        inventory: Inventory,
+        checks: Sequence[CheckSpec[Any, Any]] = CHECKS,
+    ) -> None:
         self.config_file = config_file
+        self.checks = checks
         self.settings = settings
         self.inventory = inventory
         self.reload_status = ReloadStatus(successful=True, last_success=time.time())
         self._lock = asyncio.Lock()
+        self._inflight: asyncio.Task[ScrapeResult] | None = None
+        self._inflight_deadline = 0.0
+        # How long the last answer took to encode: kept back from the next scrape's budget.
+        self.exposition_seconds = 0.0
+
+    async def scrape(self, budget: float) -> ScrapeResult:
+        """Run a scrape, or join the one in flight when it ends in time for this request.
+
+        Two Prometheus replicas, or a person with curl beside Prometheus, then cost the
+        domain controllers one round of probes, not one per request.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        task = self._inflight
+        if task is None or task.done() or self._inflight_deadline > deadline:
+            task = asyncio.create_task(
+                run_scrape(self.settings, self.inventory, budget, self.checks)
+            )
+            self._inflight, self._inflight_deadline = task, deadline
+        return await asyncio.shield(task)
 
     @classmethod
     async def load(cls, config_file: Path) -> Runtime:
         settings = load_file(config_file)
+        _log_warnings(settings)
         return cls(config_file, settings, await build_inventory(settings))
 
     async def refresh_inventory(self) -> None:
@@ -53,9 +84,12 @@ class Runtime:
             try:
                 settings = await asyncio.to_thread(load_file, self.config_file)
                 inventory = await build_inventory(settings, self.inventory)
-            except ConfigError:
+            except Exception as exc:
                 self.reload_status = ReloadStatus(False, self.reload_status.last_success)
-                raise
+                if isinstance(exc, ConfigError):
+                    raise
+                raise ConfigError(str(self.config_file), [f"unexpected error: {exc!r}"]) from exc
+            _log_warnings(settings)
             self.settings, self.inventory = settings, inventory
             self.reload_status = ReloadStatus(True, time.time())
             log.info(
@@ -69,6 +103,11 @@ class Runtime:
             await self.reload()
         except ConfigError as exc:
             log.error("reload failed, keeping the previous configuration: %s", exc)
+
+
+def _log_warnings(settings: Settings) -> None:
+    for warning in settings.warnings():
+        log.warning("%s", warning)
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -97,11 +136,16 @@ async def _rediscover(app: web.Application) -> AsyncIterator[None]:
 async def metrics(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     settings, inventory = runtime.settings, runtime.inventory
-    budget = scrape_budget(request.headers.get(TIMEOUT_HEADER), settings)
-    result = await run_scrape(settings, inventory, budget)
-    collector = ScrapeCollector(result, settings, inventory, runtime.reload_status)
+    reserve = min(runtime.exposition_seconds * 1.5, 1.0)
+    budget = scrape_budget(request.headers.get(TIMEOUT_HEADER), settings, reserve)
+    result = await runtime.scrape(budget)
+    collector = ScrapeCollector(result, settings, inventory, runtime.reload_status, runtime.checks)
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    response = web.Response(body=encoder(collector), headers={"Content-Type": content_type})
+    started = time.monotonic()
+    # Large inventories take long to encode; off the loop, other scrapes' timers keep running.
+    body = await asyncio.to_thread(encoder, collector)
+    runtime.exposition_seconds = time.monotonic() - started
+    response = web.Response(body=body, headers={"Content-Type": content_type})
     response.enable_compression()
     return response
 

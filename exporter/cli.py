@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -77,7 +79,15 @@ async def _serve(runtime: Runtime, host: str | None, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(runtime.reload_logged()))
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        # Keep a reference until done, or the task may be collected while it runs.
+        task = loop.create_task(runtime.reload_logged())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         await stop.wait()
         log.info("shutting down")
@@ -85,9 +95,21 @@ async def _serve(runtime: Runtime, host: str | None, port: int) -> None:
         await runner.cleanup()
 
 
+def _raise_file_limit() -> None:
+    # Every TCP probe holds a descriptor; the usual soft limit of 1024 is below what a few
+    # hundred concurrent DC checks need, and the hard limit is there to be used (as Go does).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard)
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    _raise_file_limit()
     if args.config_check:
         try:
             settings = load_file(args.config_file)

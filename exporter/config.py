@@ -77,7 +77,7 @@ def parse_duration(value: object) -> float:
 def format_duration(seconds: float) -> str:
     """The inverse of :func:`parse_duration` for display, e.g. 300.0 -> ``5m``."""
     if seconds and seconds < 1:
-        return f"{round(seconds * 1000)}ms"
+        return f"{seconds * 1000:g}ms"
     for unit in ("w", "d", "h", "m"):
         size = _DURATION_UNITS[unit]
         if seconds >= size and seconds % size == 0:
@@ -276,6 +276,22 @@ class Settings(_Model):
         """The AD DNS domain: the realm in lower case."""
         return self.realm.lower()
 
+    def warnings(self) -> list[str]:
+        """Settings that work but weaken security, to be logged at every load."""
+        found = []
+        if self.ldap is not None and not self.ldap.tls_verify:
+            found.append("ldap.tls_verify is false: the DC's certificate is not checked")
+        if (
+            self.ldap is not None
+            and self.ldap.user
+            and self.ldap.url.startswith("ldap://")
+            and not self.ldap.start_tls
+        ):
+            found.append(
+                "ldap.url is ldap:// without start_tls: the bind password would cross the network in clear"
+            )
+        return found
+
     def redacted(self) -> dict[str, Any]:
         """The effective configuration for display: durations as text, secrets never included."""
         dumped = self.model_dump(mode="json")
@@ -316,7 +332,14 @@ def _index_lines(
     path: tuple[str | int, ...],
     out: dict[tuple[str | int, ...], int],
     dupes: list[str],
+    seen_nodes: set[int] | None = None,
 ) -> None:
+    # An alias points at a node indexed already: following it again would loop (`a: &x [*x]`)
+    # or blow up exponentially ("billion laughs").
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -328,10 +351,10 @@ def _index_lines(
                 )
             seen.add(key)
             out[(*path, key)] = key_node.start_mark.line + 1
-            _index_lines(value_node, (*path, key), out, dupes)
+            _index_lines(value_node, (*path, key), out, dupes, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _index_lines(item, (*path, index), out, dupes)
+            _index_lines(item, (*path, index), out, dupes, seen_nodes)
 
 
 def _dotted(path: Iterable[str | int]) -> str:
@@ -339,6 +362,10 @@ def _dotted(path: Iterable[str | int]) -> str:
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(top level)"
+
+
+# Keys whose values may be a secret typed in the wrong place: never echoed in a message.
+_SECRET_NEIGHBOURS = frozenset({"password_env", "password_file"})
 
 
 def _describe(error: Mapping[str, Any]) -> str:
@@ -349,10 +376,11 @@ def _describe(error: Mapping[str, Any]) -> str:
         return "required key is missing"
     message = str(error["msg"])
     message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if kind == "string_pattern_mismatch":
-        return f"invalid value {error.get('input')!r}: {message.lower()}"
-    if kind in ("literal_error", "enum"):
-        return f"invalid value {error.get('input')!r}: {message.lower()}"
+    message = message[:1].lower() + message[1:]
+    if kind in ("string_pattern_mismatch", "literal_error", "enum"):
+        if _SECRET_NEIGHBOURS & {str(part) for part in error["loc"]}:
+            return f"invalid value (not shown): {message}"
+        return f"invalid value {error.get('input')!r}: {message}"
     return message
 
 
@@ -374,9 +402,8 @@ def _read_secrets(settings: Settings, env: Mapping[str, str], base_dir: Path) ->
     elif ldap.password_env is not None:
         secret = env.get(ldap.password_env, "")
         if not secret:
-            return [
-                f"ldap.password_env: environment variable {ldap.password_env} is not set or empty"
-            ]
+            # The name is not echoed: a password pasted here by mistake must not reach a log.
+            return ["ldap.password_env: the environment variable it names is not set or empty"]
         ldap._password = SecretStr(secret)
     return []
 
@@ -421,6 +448,8 @@ def load_text(
 
     try:
         settings = Settings.model_validate(data)
+    except RecursionError:
+        raise ConfigError(source, ["the file nests too deeply (a recursive YAML alias?)"]) from None
     except ValidationError as exc:
         for error in exc.errors():
             path = tuple(error["loc"])

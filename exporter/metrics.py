@@ -12,7 +12,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from . import __version__
 from .checks import CHECKS
-from .checks.base import CheckSpec, ClockReading
+from .checks.base import CheckSpec, ClockReading, clock_readings_of
 from .checks.clock import clock_metrics
 from .config import Settings
 from .inventory import Inventory, Role
@@ -48,11 +48,11 @@ class ScrapeCollector:
         result, settings = self._result, self._settings
         for spec in self._checks:
             if spec.name in result.runs:
-                yield from spec.emit(result.runs[spec.name], spec.bind(settings))
+                yield from spec.emit(result.runs[spec.name], spec.settings(settings))
 
         readings: list[ClockReading] = []
         for run in result.all_runs():
-            readings.extend(getattr(run.outcome, "clock_readings", ()))
+            readings.extend(clock_readings_of(run.outcome))
         yield from clock_metrics(readings, settings)
         yield from self._check_metrics()
         yield from self._inventory_metrics()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 # check can still name its own reason (e.g. protocol_error rather than timeout).
 CANCEL_GRACE = 0.05
 MIN_BUDGET = 0.1
+MAX_BUDGET = 300.0
 
 
 @dataclass(frozen=True)
@@ -33,17 +35,21 @@ class ScrapeResult:
         return [run for runs in self.runs.values() for run in runs]
 
 
-def scrape_budget(header: str | None, settings: Settings) -> float:
-    """Seconds this scrape may take: Prometheus' timeout header (or the default) minus the offset."""
+def scrape_budget(header: str | None, settings: Settings, reserve: float = 0.0) -> float:
+    """Seconds this scrape's checks may take.
+
+    Prometheus' timeout header (or the default), minus the configured offset, minus ``reserve``
+    (the time the answer itself takes to build).
+    """
     timeout = settings.scrape.default_timeout
     if header:
         try:
             value = float(header)
         except ValueError:
             value = 0.0
-        if value > 0:
-            timeout = value
-    return max(MIN_BUDGET, timeout - settings.scrape.timeout_offset)
+        if 0 < value < math.inf:
+            timeout = min(value, MAX_BUDGET)
+    return max(MIN_BUDGET, timeout - settings.scrape.timeout_offset - reserve)
 
 
 async def _run_one(
@@ -100,7 +106,7 @@ async def run_scrape(
     shared = Shared()
     batches: list[tuple[CheckSpec[Any, Any], CheckContext, Any, list[Server]]] = []
     for spec in checks:
-        check_settings = spec.bind(settings)
+        check_settings = spec.settings(settings)
         if spec.enabled(check_settings):
             deadline = min(scrape_deadline, started + spec.timeout(check_settings))
             targets = [s for s in inventory.servers if spec.applies_to(s, check_settings)]
@@ -138,12 +144,18 @@ async def run_scrape(
         for timer in timers:
             timer.cancel()
         _cancel_unfinished([task for _, _, task in planned])
+        resolver.close()
         shared.close()
     for name, server, task in planned:
         if task.done() and not task.cancelled() and task.exception() is None:
             runs[name].append(task.result())
         else:
             runs[name].append(
-                CheckRun(name, server, Failure("timeout", "did not stop at the deadline"), budget)
+                CheckRun(
+                    name,
+                    server,
+                    Failure("timeout", "did not stop at the deadline"),
+                    loop.time() - started,
+                )
             )
     return ScrapeResult(runs, budget, loop.time() - started)

@@ -21,7 +21,8 @@ class Server:
     name: str
     role: Role
     address: str | None = None
-    ports: Mapping[str, int] = field(default_factory=dict)
+    # Left out of the hash (a dict has none); equal servers still hash alike.
+    ports: Mapping[str, int] = field(default_factory=dict, hash=False)
     origin: str = "static"  # static, or the discovery method that found it
 
     def port(self, service: str, default: int) -> int:

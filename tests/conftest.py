@@ -1,8 +1,9 @@
 """Shared fixtures: the real lab (tests/lab), started at most once per test session.
 
-``lab`` is the full lab (Samba AD DC + NTP servers); ``ntp_lab`` only needs the NTP servers
-and reuses whatever lab is running, so NTP-only tests never pay for Samba. A session that
-first needs ``ntp_lab`` and later ``lab`` adds Samba to the running lab. Tests marked
+``lab`` is the full lab (Samba AD DC, the skewed KDC, the dead DC, NTP servers); ``ntp_lab``
+only needs the NTP servers (and the dead DC, which costs nothing) and reuses whatever lab is
+running, so NTP-only tests never pay for Samba. A session that first needs ``ntp_lab`` and
+later ``lab`` adds the Samba DCs to the running lab. Tests marked
 ``@pytest.mark.lab`` get the full lab without naming the fixture.
 
 When the lab cannot start (not root, a package missing, a port taken) the tests that need it
@@ -46,9 +47,9 @@ class _SessionLab:
             try:
                 if self.lab is None:
                     self._stop_on_sigterm()
-                    self.lab = Lab.start(samba=samba, ntp=True)
+                    self.lab = Lab.start(samba=samba, skewed_dc=samba, dead_dc=True, ntp=True)
                 else:
-                    self.lab.ensure(samba=samba, ntp=True)
+                    self.lab.ensure(samba=samba, skewed_dc=samba, dead_dc=True, ntp=True)
             except LabError as exc:
                 # Kept, so every later test fails at once instead of waiting for the same timeout.
                 self.error = f"the lab could not start: {exc}"
@@ -84,13 +85,14 @@ def _session_lab() -> Iterator[_SessionLab]:
 
 @pytest.fixture(scope="session")
 def lab(_session_lab: _SessionLab) -> Lab:
-    """The full lab: Samba AD DC on dc1 plus NTP on dc1, exch1 and exch2 (+420 s)."""
+    """The full lab: Samba AD DC on dc1, Samba KDC on dc2 (+420 s), dead dc9, NTP on dc1, dc2
+    (+420 s), exch1 and exch2 (+420 s)."""
     return _session_lab.get(samba=True)
 
 
 @pytest.fixture(scope="session")
 def ntp_lab(_session_lab: _SessionLab) -> Lab:
-    """A lab with at least the NTP servers running (the full lab if it is already up)."""
+    """A lab with at least the NTP servers and dc9 running (the full lab if it is already up)."""
     return _session_lab.get(samba=False)
 
 

@@ -106,13 +106,16 @@ class KdcPeer:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
                 probe.bind((self.host, 0))  # a number free on UDP; closed again at once
                 port = int(probe.getsockname()[1])
+            opened = len(self.closers)
             try:
                 if tcp is not None:
                     await self._tcp(tcp, offset, port)
                 if udp is not None:
                     await self._udp(udp, offset, port)
-            except OSError:  # taken on TCP meanwhile: try another number
-                self.close()
+            except OSError:  # taken on TCP meanwhile: undo this attempt only, try another
+                for closer in self.closers[opened:]:
+                    closer.close()
+                del self.closers[opened:]
                 continue
             return port
         raise RuntimeError("no port free on both UDP and TCP")

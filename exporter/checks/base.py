@@ -25,9 +25,9 @@ __all__ = [
     "CheckSpec",
     "ClockReading",
     "Failure",
-    "HasClockReadings",
     "Resolver",
     "Shared",
+    "clock_readings_of",
 ]
 
 S = TypeVar("S")
@@ -59,27 +59,37 @@ class ClockReading:
     uncertainty: float
 
 
-class HasClockReadings(Protocol):
-    """A result that carries clock readings feeds the skew pairs, whatever check made it."""
-
-    @property
-    def clock_readings(self) -> Sequence[ClockReading]: ...
+def clock_readings_of(outcome: object) -> Sequence[ClockReading]:
+    """The clock readings a check's result carries, if any: they feed the skew pairs."""
+    readings: Sequence[ClockReading] = getattr(outcome, "clock_readings", ())
+    return readings
 
 
 class Resolver:
-    """Name to address, once per scrape per name, so checks on one server share the answer."""
+    """Name to address, once per scrape per name, so checks on one server share the answer.
+
+    Closed with the scrape: a lookup still running then is cancelled, never left behind.
+    """
 
     def __init__(self) -> None:
-        self._pending: dict[str, asyncio.Future[str]] = {}
+        self._pending: dict[str, asyncio.Task[str]] = {}
 
     async def address(self, server: Server) -> str:
         if server.address:
             return server.address
-        future = self._pending.get(server.name)
-        if future is None:
-            future = asyncio.ensure_future(self._lookup(server.name))
-            self._pending[server.name] = future
-        return await asyncio.shield(future)
+        task = self._pending.get(server.name)
+        if task is None:
+            task = self._pending[server.name] = asyncio.create_task(self._lookup(server.name))
+        return await asyncio.shield(task)
+
+    def close(self) -> None:
+        for task in self._pending.values():
+            if task.done():
+                if not task.cancelled():
+                    task.exception()  # retrieved: a failed lookup was reported through its checks
+            else:
+                task.cancel()
+        self._pending.clear()
 
     @staticmethod
     async def _lookup(name: str) -> str:
@@ -154,9 +164,6 @@ class CheckSpec(Generic[S, R]):
     timeout: Callable[[S], float]
     # Turns this check's runs of one scrape into metric families; called from collect().
     emit: Callable[[Sequence[CheckRun[R]], S], Iterable[Metric]]
-
-    def bind(self, settings: Settings) -> S:
-        return self.settings(settings)
 
     def erased(self) -> CheckSpec[Any, Any]:
         return self

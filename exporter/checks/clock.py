@@ -37,9 +37,11 @@ _SOCKET_ERRORS = _UNREACHABLE | {errno.ECONNREFUSED}
 _RECVERR = {socket.AF_INET: (socket.IPPROTO_IP, 11), socket.AF_INET6: (socket.IPPROTO_IPV6, 25)}
 _EXTENDED_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err
 _RECV_SIZE = 1024
-# Replies to one socket arrive in bursts on a LAN; more probes per socket would overflow a
-# default-sized receive buffer before the event loop drains it.
-_PROBES_PER_SOCKET = 256
+_WANTED_RCVBUF = 1 << 20
+# Replies to one socket arrive in bursts on a LAN and each small datagram occupies about this
+# much of the receive buffer; the kernel may grant less buffer than asked (net.core.rmem_max).
+_BUFFER_PER_REPLY = 1280
+_MAX_PROBES_PER_SOCKET = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,19 +65,14 @@ def _failure(code: int | None, detail: str) -> CheckError:
 
 
 class _Probe:
-    __slots__ = ("bad_reply", "deadline", "future", "peer", "request", "sent_at")
+    __slots__ = ("bad_reply", "future", "peer", "request", "sent_at")
 
     def __init__(
-        self,
-        peer: tuple[str, int],
-        request: bytes,
-        future: asyncio.Future[NtpReading],
-        deadline: float,
+        self, peer: tuple[str, int], request: bytes, future: asyncio.Future[NtpReading]
     ) -> None:
         self.peer = peer
         self.request = request
         self.future = future
-        self.deadline = deadline
         self.sent_at = 0.0
         self.bad_reply: NtpReplyError | None = None
 
@@ -89,10 +86,15 @@ class _Channel:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, family: socket.AddressFamily) -> None:
         self._loop = loop
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError as exc:  # no IPv6 on this host, out of file descriptors, ...
+            raise CheckError("error", f"cannot open a UDP socket: {exc.strerror or exc}") from None
         self.sock.setblocking(False)
         self.sock.setsockopt(*_RECVERR[family], 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _WANTED_RCVBUF)
+        granted = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.capacity = max(16, min(_MAX_PROBES_PER_SOCKET, granted // _BUFFER_PER_REPLY))
         self.by_nonce: dict[bytes, _Probe] = {}
         # Probes waiting on each peer, to pin a malformed reply (no usable nonce) on them.
         self.by_peer: dict[tuple[str, int], list[_Probe]] = {}
@@ -103,20 +105,21 @@ class _Channel:
         self.assigned += 1
         self.by_nonce[probe.request[40:48]] = probe
         self.by_peer.setdefault(probe.peer, []).append(probe)
-        for attempt in (1, 2):
+        for _attempt in (1, 2):
             probe.sent_at = time.time()
             try:
                 self.sock.sendto(probe.request, probe.peer)
                 return
             except BlockingIOError:
-                self._drain()  # make room; a full send buffer on loopback is its receiver's doing
+                self._finish(probe, CheckError("error", "local UDP send buffer full"))
+                return
             except OSError as exc:
-                # An error may be a queued ICMP report about another probe: attribute it, retry.
-                self._drain_errors()
-                if attempt == 2 or exc.errno not in _SOCKET_ERRORS:
+                # A pending ICMP report about another probe surfaces on the next send: when the
+                # error queue held one, it was not about this probe, so send again.
+                if exc.errno not in _SOCKET_ERRORS or not self._drain_errors():
                     self._finish(probe, _failure(exc.errno, exc.strerror or str(exc)))
                     return
-        self._finish(probe, CheckError("unreachable", "socket send buffer full"))
+        self._finish(probe, CheckError("unreachable", "send failed twice after ICMP errors"))
 
     def expire(self, probe: _Probe) -> None:
         if probe.bad_reply is not None:
@@ -167,22 +170,29 @@ class _Channel:
             except Exception as exc:  # a peer's bytes must never break the scrape
                 probe.bad_reply = NtpReplyError("protocol_error", f"undecodable reply: {exc!r}")
 
-    def _drain_errors(self) -> None:
+    def _drain_errors(self) -> int:
+        """Read the error queue; return how many ICMP reports it held."""
+        count = 0
         while True:
             try:
-                original, ancillary, _flags, _dest = self.sock.recvmsg(
+                original, ancillary, _flags, dest = self.sock.recvmsg(
                     _RECV_SIZE, 256, socket.MSG_ERRQUEUE
                 )
             except OSError:
-                return
-            probe = self.by_nonce.get(original[40:48])
-            if probe is None:
-                continue
+                return count
+            count += 1
             code: int | None = None
             for _level, _kind, blob in ancillary:
                 if len(blob) >= _EXTENDED_ERR.size:
                     code = _EXTENDED_ERR.unpack_from(blob)[0]
-            self._finish(probe, _failure(code, os.strerror(code) if code else "ICMP error"))
+            # The quoted datagram names the probe; a router that quotes only the UDP header
+            # leaves the original destination, which names every probe waiting on that peer.
+            probe = self.by_nonce.get(original[40:48])
+            victims = (
+                [probe] if probe is not None else list(self.by_peer.get((dest[0], dest[1]), ()))
+            )
+            for victim in victims:
+                self._finish(victim, _failure(code, os.strerror(code) if code else "ICMP error"))
 
     def close(self) -> None:
         self._loop.remove_reader(self.sock.fileno())
@@ -204,6 +214,7 @@ class NtpClient:
         self._retired: list[_Channel] = []
         self._entropy = b""
         self._entropy_used = 0
+        self._closed = False
 
     def _nonce(self) -> bytes:
         # A random transmit timestamp is the nonce a genuine reply must echo (RFC 5905 §9.1);
@@ -222,12 +233,14 @@ class NtpClient:
         """
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         channel = self._channels.get(family)
-        if channel is None or channel.assigned >= _PROBES_PER_SOCKET:
+        if self._closed:
+            raise CheckError("error", "NTP client used after the scrape ended")
+        if channel is None or channel.assigned >= channel.capacity:
             if channel is not None:
                 self._retired.append(channel)
             channel = self._channels[family] = _Channel(self._loop, family)
         request = build_request(self._nonce())
-        probe = _Probe((address, port), request, self._loop.create_future(), deadline)
+        probe = _Probe((address, port), request, self._loop.create_future())
         waiting = self._timers.get(deadline)
         if waiting is None:
             waiting = self._timers[deadline] = []
@@ -242,6 +255,7 @@ class NtpClient:
                 channel.expire(probe)
 
     def close(self) -> None:
+        self._closed = True
         for handle in self._handles:
             handle.cancel()
         for channel in (*self._channels.values(), *self._retired):

@@ -81,12 +81,17 @@ def parse_reply(data: bytes, request: bytes, sent_at: float, received_at: float)
     if stats.stratum == 0 and _is_kiss_code(data[12:16]):
         code = data[12:16].decode("ascii")
         raise NtpReplyError("kiss_of_death", f"server sent kiss-o'-death {code}")
-    if stats.tx_timestamp == 0:
-        raise NtpReplyError("protocol_error", "reply has no transmit timestamp")
+    if stats.tx_timestamp == 0 or stats.recv_timestamp == 0:
+        raise NtpReplyError("protocol_error", "reply lacks its receive or transmit timestamp")
     t2 = stats.recv_timestamp - NTP_EPOCH_OFFSET
     t3 = stats.tx_timestamp - NTP_EPOCH_OFFSET
+    round_trip = received_at - sent_at
+    # A server cannot spend longer on a request than the whole exchange took, nor answer
+    # before it received it: such timestamps would read as a precise but wrong offset.
+    if not 0 <= t3 - t2 <= max(round_trip, 0.0):
+        raise NtpReplyError("protocol_error", f"server times inconsistent: T3-T2 = {t3 - t2:.6f} s")
     offset = ((t2 - sent_at) + (t3 - received_at)) / 2
-    delay = max(0.0, (received_at - sent_at) - (t3 - t2))
+    delay = max(0.0, round_trip - (t3 - t2))
     return NtpReading(
         offset=offset,
         delay=delay,

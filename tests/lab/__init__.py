@@ -4,6 +4,7 @@ from tests.lab import Lab
 
 with Lab.start() as lab:          # or Lab.start(samba=False) for the NTP servers only
     lab.exporter_config()         # the exporter's config dict for this lab
+    lab.dc, lab.skewed_dc, lab.dead_dc, lab.exchange_servers, lab.dns_server
 """
 
 from tests.lab.errors import LabError
@@ -16,8 +17,10 @@ from tests.lab.lab import (
     SKEWED_CLOCK_OFFSET,
     Host,
     Lab,
+    LabPlan,
     Role,
     address_plan,
+    lab_plan,
     preflight,
 )
 from tests.lab.procs import ProcessRecord
@@ -33,9 +36,11 @@ __all__ = [
     "Host",
     "Lab",
     "LabError",
+    "LabPlan",
     "ProcessRecord",
     "Role",
     "SambaDC",
     "address_plan",
+    "lab_plan",
     "preflight",
 ]

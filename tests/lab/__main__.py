@@ -27,11 +27,19 @@ log = logging.getLogger("tests.lab")
 
 def _describe(lab: Lab, seconds: float, config: Path) -> str:
     lines = [f"lab up in {seconds:.1f} s, folder {lab.directory}"]
-    for host in lab.hosts:
+    for host in (*lab.hosts, lab.dead_dc):
         services = []
         if host is lab.dc and lab.samba_running:
-            services.append(f"Samba AD DC ({lab.ldaps_url}, KDC {host.address}:88)")
-        if lab.ntp_running:
+            services.append(
+                f"Samba AD DC ({lab.ldaps_url}, KDC {host.address}:88, DNS {lab.dns_server}:53)"
+            )
+        if host is lab.skewed_dc and lab.skewed_dc_running:
+            services.append(f"Samba KDC {host.address}:88 {host.ntp_offset:+d} s (clone of dc1)")
+        if host is lab.dead_dc:
+            if not lab.dead_dc_running:
+                continue
+            services.append("dead: TCP 88/464 refused, UDP 88/464/123 dropped")
+        elif lab.ntp_running:
             services.append(f"NTP {host.ntp_offset:+d} s")
         lines.append(f"  {host.name:<26} {host.address:<13} {host.role:<18} {', '.join(services)}")
     if lab.samba_running:
@@ -63,7 +71,14 @@ def _run_lab(args: argparse.Namespace, foreground: Foreground) -> int:
 
     started = time.monotonic()
     try:
-        lab = Lab.start(samba=args.samba, ntp=args.ntp, network=args.network, use_cache=args.cache)
+        lab = Lab.start(
+            samba=args.samba,
+            ntp=args.ntp,
+            skewed_dc=args.samba and args.skewed_dc,
+            dead_dc=args.dead_dc,
+            network=args.network,
+            use_cache=args.cache,
+        )
     except LabError as exc:
         log.error("%s", exc)
         return 1
@@ -190,8 +205,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for address in state.addresses:
             ntp = "answers" if ntp_answers(address, timeout=0.3) else "silent"
             ldaps = "open" if tcp_accepts(address, 636, timeout=0.3) else "closed"
+            kdc = "open" if tcp_accepts(address, 88, timeout=0.3) else "closed"
             alias = "on lo" if address in on_lo else "NOT on lo"
-            print(f"  {address:<13} {alias:<10} NTP {ntp:<8} LDAPS {ldaps}")
+            print(f"  {address:<13} {alias:<10} NTP {ntp:<8} KDC {kdc:<7} LDAPS {ldaps}")
         if not state.owner_alive():
             status = 1
     return status
@@ -208,7 +224,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.set_defaults(func=cmd_demo)
     up.set_defaults(func=cmd_up)
     for command in (up, demo):
-        command.add_argument("--no-samba", dest="samba", action="store_false", help="NTP only")
+        command.add_argument(
+            "--no-samba", dest="samba", action="store_false", help="no Samba at all (NTP only)"
+        )
+        command.add_argument(
+            "--no-skewed-dc", dest="skewed_dc", action="store_false", help="no KDC on dc2"
+        )
+        command.add_argument(
+            "--no-dead-dc", dest="dead_dc", action="store_false", help="leave dc9 unbound"
+        )
         command.add_argument("--no-ntp", dest="ntp", action="store_false", help="Samba only")
         command.add_argument(
             "--network", default=DEFAULT_NETWORK, help="first three octets (default %(default)s)"

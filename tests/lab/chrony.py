@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from tests.lab import faketime
 from tests.lab.net import ntp_answers
 from tests.lab.procs import ManagedProcess, wait_until
-
-
-def _faketime_library() -> Path:
-    # The multiarch folder differs per architecture; MT is the thread-safe build.
-    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))
-    return found[0] if found else Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
-
-
-FAKETIME_LIBRARY = _faketime_library()
 
 
 def chrony_conf(address: str, directory: Path) -> str:
@@ -44,13 +35,6 @@ def spawn_chronyd(
     conf = directory / "chrony.conf"
     conf.write_text(chrony_conf(address, directory))
 
-    env = {
-        k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("FAKETIME")
-    }
-    if clock_offset:
-        env["LD_PRELOAD"] = str(FAKETIME_LIBRARY)
-        env["FAKETIME"] = f"{clock_offset:+d}"
-
     return ManagedProcess(
         f"chronyd-{name}",
         # -x: never touch the host clock. -4: no [::]:123 socket, which every instance would
@@ -58,7 +42,7 @@ def spawn_chronyd(
         # our root-owned folder ("Could not open ...drift.tmp : Permission denied").
         ["chronyd", "-4", "-x", "-d", "-u", "root", "-f", str(conf)],
         log_path=directory / "chronyd.log",
-        env=env,
+        env=faketime.environment(clock_offset),
     )
 
 

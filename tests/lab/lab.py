@@ -1,13 +1,27 @@
-"""The lab: a Samba AD DC and NTP servers standing in for a domain and its Exchange servers.
+"""The lab: Samba AD DCs and NTP servers standing in for a domain and its Exchange servers.
 
 Address plan (``network`` defaults to 127.0.10; every address gets a /32 alias on ``lo``):
 
     dc1.corp.example.test    .10  Samba AD DC (LDAP, LDAPS, GC, KDC, kpasswd, DNS) + chronyd
+    dc2.corp.example.test    .11  Samba KDC (Kerberos, kpasswd) + chronyd, both under
+                                  libfaketime, 420 s (7 min) ahead
+    dc9.corp.example.test    .19  dead: TCP 88/464 closed (refused), UDP 88/464/123 dropped
     exch1.corp.example.test  .21  chronyd, true clock
     exch2.corp.example.test  .22  chronyd under libfaketime, 420 s (7 min) ahead
 
 A real DC serves NTP through W32Time; Samba does not serve NTP, so chronyd plays that part on
 the DC's address.
+
+dc2 is a clone, not a replica: a copy of dc1's provisioned database on its own address, with
+its own runtime folders and smb.conf (``netbios name = DC2``, only the ``kdc`` service, all
+services in one process). Its KDC serves the same realm and keys, so it answers an AS-REQ just
+as dc1 would, stamped with its skewed clock; it has no LDAP or DNS of its own, is not in dc1's
+DNS, and nothing written to one DC reaches the other.
+
+Samba's internal DNS on dc1 serves the zone ``corp.example.test`` with the records provisioning
+registered: the DC locator ``_ldap._tcp.dc._msdcs``, ``_kerberos._tcp``/``_udp``,
+``_kpasswd``, ``_gc`` (all naming dc1) and ``dc1 A``. It forwards nothing: a name outside the
+zone gets NXDOMAIN, and no query leaves loopback.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Mapping
@@ -28,11 +43,19 @@ from typing import Any, Literal
 
 import yaml
 
-from tests.lab.chrony import FAKETIME_LIBRARY, spawn_chronyd, wait_for_chronyd
+from tests.lab.chrony import spawn_chronyd, wait_for_chronyd
 from tests.lab.errors import LabError
-from tests.lab.net import add_loopback_alias
+from tests.lab.faketime import FAKETIME_LIBRARY
+from tests.lab.net import add_loopback_alias, silent_udp_sockets, tcp_accepts
 from tests.lab.procs import ManagedProcess, ProcessRecord, stop_daemons_in_the_way
-from tests.lab.samba import DC_PORTS, DomainControllerSpec, SambaDC, krb5_conf, provision
+from tests.lab.samba import (
+    DC_PORTS,
+    DomainControllerSpec,
+    SambaDC,
+    krb5_conf,
+    ports_of,
+    provision,
+)
 from tests.lab.state import LabState, clean_up_abandoned_labs, recorded_labs, undo
 
 log = logging.getLogger("tests.lab")
@@ -43,6 +66,12 @@ NETBIOS_DOMAIN = "CORP"
 ADMIN_USER = f"Administrator@{DOMAIN}"
 DEFAULT_NETWORK = "127.0.10"
 SKEWED_CLOCK_OFFSET = 420  # seconds: beyond Kerberos' 5-minute tolerance
+# The skewed DC runs Samba's KDC only (Kerberos 88 and kpasswd 464, UDP and TCP).
+SKEWED_DC_SERVICES = ("kdc",)
+# The dead DC: nothing listens on these TCP ports (connections are refused) ...
+DEAD_DC_TCP_PORTS = (88, 464)
+# ... and these UDP ports are bound by sockets nobody reads (datagrams vanish, clients time out).
+DEAD_DC_UDP_PORTS = (88, 123, 464)
 
 Role = Literal["domain_controller", "exchange"]
 
@@ -52,15 +81,37 @@ class Host:
     name: str
     address: str
     role: Role
-    ntp_offset: int  # seconds its NTP server is ahead of the true clock
+    ntp_offset: int  # seconds its NTP server (and KDC, if any) is ahead of the true clock
 
     @property
     def short_name(self) -> str:
         return self.name.split(".", 1)[0]
 
+    @property
+    def static_entry(self) -> dict[str, str]:
+        """This host as an entry of the exporter's ``static`` server lists."""
+        return {"name": self.name, "address": self.address}
 
-def address_plan(network: str = DEFAULT_NETWORK) -> tuple[Host, tuple[Host, ...]]:
-    """The DC and the Exchange servers of a lab on ``network`` (three octets inside 127/8)."""
+
+@dataclass(frozen=True)
+class LabPlan:
+    dc: Host  # the Samba AD DC
+    skewed_dc: Host  # a KDC (and NTP server) 420 s ahead
+    dead_dc: Host  # answers nothing: not in ``hosts``, ntp_offset meaningless
+    exchange_servers: tuple[Host, ...]
+
+    @property
+    def hosts(self) -> tuple[Host, ...]:
+        """Every host that serves NTP (and so every host the exporter's config lists)."""
+        return (self.dc, self.skewed_dc, *self.exchange_servers)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [host.address for host in (*self.hosts, self.dead_dc)]
+
+
+def lab_plan(network: str = DEFAULT_NETWORK) -> LabPlan:
+    """Every host of a lab on ``network`` (three octets inside 127/8)."""
     try:
         inside_loopback = ipaddress.ip_address(f"{network}.10") in ipaddress.ip_network(
             "127.0.0.0/8"
@@ -71,28 +122,37 @@ def address_plan(network: str = DEFAULT_NETWORK) -> tuple[Host, tuple[Host, ...]
         raise LabError(
             f"lab network {network!r} must be three octets inside 127.0.0.0/8, e.g. 127.0.10"
         )
-    dc = Host(f"dc1.{DOMAIN}", f"{network}.10", "domain_controller", 0)
-    exchange = (
-        Host(f"exch1.{DOMAIN}", f"{network}.21", "exchange", 0),
-        Host(f"exch2.{DOMAIN}", f"{network}.22", "exchange", SKEWED_CLOCK_OFFSET),
+    return LabPlan(
+        dc=Host(f"dc1.{DOMAIN}", f"{network}.10", "domain_controller", 0),
+        skewed_dc=Host(f"dc2.{DOMAIN}", f"{network}.11", "domain_controller", SKEWED_CLOCK_OFFSET),
+        dead_dc=Host(f"dc9.{DOMAIN}", f"{network}.19", "domain_controller", 0),
+        exchange_servers=(
+            Host(f"exch1.{DOMAIN}", f"{network}.21", "exchange", 0),
+            Host(f"exch2.{DOMAIN}", f"{network}.22", "exchange", SKEWED_CLOCK_OFFSET),
+        ),
     )
-    return dc, exchange
 
 
-def preflight(*, samba: bool, ntp: bool) -> list[str]:
+def address_plan(network: str = DEFAULT_NETWORK) -> tuple[Host, tuple[Host, ...]]:
+    """The Samba AD DC and the Exchange servers of a lab on ``network`` (see :func:`lab_plan`)."""
+    plan = lab_plan(network)
+    return plan.dc, plan.exchange_servers
+
+
+def preflight(*, samba: bool, ntp: bool, skewed_dc: bool = False) -> list[str]:
     """Why the lab cannot run on this machine; empty when it can."""
     problems = []
     if os.geteuid() != 0:
         problems.append("the lab must run as root (it adds loopback aliases and binds port 123)")
     commands = {"ip": "iproute2"}
-    if samba:
+    if samba or skewed_dc:
         commands |= {"samba": "samba-ad-dc", "samba-tool": "samba", "openssl": "openssl"}
     if ntp:
         commands |= {"chronyd": "chrony"}
     for command, package in commands.items():
         if shutil.which(command) is None:
             problems.append(f"{command} not found: apt-get install {package}")
-    if ntp and not FAKETIME_LIBRARY.exists():
+    if (ntp or skewed_dc) and not FAKETIME_LIBRARY.exists():
         problems.append(f"{FAKETIME_LIBRARY} not found: apt-get install faketime")
     return problems
 
@@ -123,15 +183,21 @@ class Lab:
     def __init__(self, directory: Path, *, network: str, use_cache: bool, timeout: float) -> None:
         self.directory = directory
         self.network = network
-        self.dc, self.exchange_servers = address_plan(network)
+        self.plan = lab_plan(network)
+        self.dc = self.plan.dc
+        self.skewed_dc = self.plan.skewed_dc
+        self.dead_dc = self.plan.dead_dc
+        self.exchange_servers = self.plan.exchange_servers
         self.samba: SambaDC | None = None
+        self.skewed_samba: SambaDC | None = None
         self._ntp: dict[str, ManagedProcess] = {}
+        self._dead_dc_sockets: list[socket.socket] = []
         self._use_cache = use_cache
         self._timeout = timeout
         self._state = LabState(
             lab_dir=directory,
             owner=ProcessRecord.of_current_process("owner"),
-            addresses=[host.address for host in self.hosts],
+            addresses=self.plan.addresses,
         )
         self._stopped = False
 
@@ -143,6 +209,8 @@ class Lab:
         *,
         samba: bool = True,
         ntp: bool = True,
+        skewed_dc: bool | None = None,
+        dead_dc: bool = True,
         network: str = DEFAULT_NETWORK,
         base_dir: Path | None = None,
         use_cache: bool = True,
@@ -150,15 +218,18 @@ class Lab:
     ) -> Lab:
         """Start the chosen components and return once every one of them answers.
 
-        ``samba``: the DC's Samba AD DC. ``ntp``: chronyd on the DC and both Exchange servers.
+        ``samba``: dc1's Samba AD DC. ``ntp``: chronyd on both DCs and both Exchange servers.
+        ``skewed_dc``: dc2's Samba KDC under libfaketime (default: whatever ``samba`` is).
+        ``dead_dc``: dc9's silent UDP sockets (held by this process; no daemon).
         ``network``: first three octets of the addresses, so a second lab can run beside one.
         ``timeout``: seconds each daemon may take to answer before LabError.
         """
-        problems = preflight(samba=samba, ntp=ntp)
+        if skewed_dc is None:
+            skewed_dc = samba
+        problems = preflight(samba=samba, ntp=ntp, skewed_dc=skewed_dc)
         if problems:
             raise LabError("the lab cannot run here:\n" + "\n".join(f"  - {p}" for p in problems))
-        dc, exchange = address_plan(network)
-        ours = {dc.address, *(host.address for host in exchange)}
+        ours = set(lab_plan(network).addresses)
         clean_up_abandoned_labs()
         for other in recorded_labs():
             if ours & set(other.addresses):
@@ -172,21 +243,36 @@ class Lab:
         lab._state.save()
         atexit.register(lab.stop)
         try:
-            lab.ensure(samba=samba, ntp=ntp)
+            lab.ensure(samba=samba, ntp=ntp, skewed_dc=skewed_dc, dead_dc=dead_dc)
         except BaseException:
             lab.stop()
             raise
         return lab
 
-    def ensure(self, *, samba: bool = False, ntp: bool = False) -> None:
-        """Start the named components if they are not running yet (an NTP-only lab can grow a DC)."""
+    def ensure(
+        self,
+        *,
+        samba: bool = False,
+        ntp: bool = False,
+        skewed_dc: bool = False,
+        dead_dc: bool = False,
+    ) -> None:
+        """Start the named components if they are not running yet (an NTP-only lab can grow DCs)."""
         start_samba = samba and self.samba is None
         start_ntp = ntp and not self._ntp
-        if not (start_samba or start_ntp):
+        start_skewed = skewed_dc and self.skewed_samba is None
+        start_dead = dead_dc and not self._dead_dc_sockets
+        components = {
+            "samba": start_samba,
+            "skewed dc": start_skewed,
+            "dead dc": start_dead,
+            "ntp": start_ntp,
+        }
+        if not any(components.values()):
             return
         if self._stopped:
             raise LabError("this lab has been stopped; start a new one")
-        problems = preflight(samba=start_samba, ntp=start_ntp)
+        problems = preflight(samba=start_samba, ntp=start_ntp, skewed_dc=start_skewed)
         if problems:
             raise LabError("the lab cannot run here:\n" + "\n".join(f"  - {p}" for p in problems))
         started = time.monotonic()
@@ -195,6 +281,14 @@ class Lab:
         wanted = [("udp", host.address, 123) for host in ntp_hosts]
         if start_samba:
             wanted += [(transport, self.dc.address, port) for transport, port in DC_PORTS]
+        if start_skewed:
+            wanted += [
+                (transport, self.skewed_dc.address, port)
+                for transport, port in ports_of(SKEWED_DC_SERVICES)
+            ]
+        if start_dead:
+            wanted += [("tcp", self.dead_dc.address, port) for port in DEAD_DC_TCP_PORTS]
+            wanted += [("udp", self.dead_dc.address, port) for port in DEAD_DC_UDP_PORTS]
         for address in sorted({address for _, address, _ in wanted}):
             if add_loopback_alias(address):
                 self._state.aliases_added.append(address)
@@ -204,6 +298,10 @@ class Lab:
         # Samba takes longest to answer: spawn it first and wait for it last.
         if start_samba:
             self._spawn_samba()
+        if start_skewed:
+            self._spawn_skewed_dc()
+        if start_dead:
+            self._open_dead_dc()
         for host in ntp_hosts:
             process = spawn_chronyd(
                 host.short_name,
@@ -215,13 +313,15 @@ class Lab:
             self._ntp[host.name] = process
         for host in ntp_hosts:
             wait_for_chronyd(self._ntp[host.name], host.address, timeout=self._timeout)
+        if self.skewed_samba is not None and start_skewed:
+            self.skewed_samba.wait_ready(timeout=self._timeout)
         if self.samba is not None and start_samba:
             self.samba.wait_ready(timeout=self._timeout)
         self._write_password_file()
         log.info(
             "lab ready in %.2f s (%s) in %s",
             time.monotonic() - started,
-            ", ".join(name for name, on in (("samba", start_samba), ("ntp", start_ntp)) if on),
+            ", ".join(name for name, on in components.items() if on),
             self.directory,
         )
 
@@ -233,6 +333,8 @@ class Lab:
         atexit.unregister(self.stop)
         started = time.monotonic()
         problems = []
+        for sock in self._dead_dc_sockets:
+            sock.close()
         for process in reversed(self._children()):
             try:
                 process.stop()
@@ -256,20 +358,67 @@ class Lab:
         self.stop()
 
     def _spawn_samba(self) -> None:
-        spec = DomainControllerSpec(REALM, NETBIOS_DOMAIN, self.dc.short_name, self.dc.address)
+        spec = self._dc_spec()
         folder = self.directory / self.dc.short_name
-        password = provision(spec, folder, use_cache=self._use_cache)
+        password = provision(spec, folder, use_cache=self._use_cache, scratch=self.directory)
         self.krb5_conf.write_text(krb5_conf(REALM, [self.dc.address]))
         self.samba = SambaDC(spec, folder, password, self.krb5_conf)
         self._write_password_file()
         self._record(self.samba.spawn())
 
+    def _dc_spec(self) -> DomainControllerSpec:
+        return DomainControllerSpec(REALM, NETBIOS_DOMAIN, self.dc.short_name, self.dc.address)
+
+    def _spawn_skewed_dc(self) -> None:
+        host = self.skewed_dc
+        folder = self.directory / host.short_name
+        # A copy of dc1's provisioned folder (same cache entry), moved to dc2's address.
+        password = provision(
+            self._dc_spec(),
+            folder,
+            use_cache=self._use_cache,
+            scratch=self.directory,
+            services=SKEWED_DC_SERVICES,
+            overrides={"interfaces": host.address, "netbios name": host.short_name.upper()},
+        )
+        self.skewed_dc_krb5_conf.write_text(krb5_conf(REALM, [host.address]))
+        self.skewed_samba = SambaDC(
+            DomainControllerSpec(REALM, NETBIOS_DOMAIN, host.short_name, host.address),
+            folder,
+            password,
+            self.skewed_dc_krb5_conf,
+            services=SKEWED_DC_SERVICES,
+            clock_offset=host.ntp_offset,
+            process_model="single",  # one process instead of a prefork master and 4 workers
+            clone_of=self.dc.name,
+        )
+        self._record(self.skewed_samba.spawn())
+
+    def _open_dead_dc(self) -> None:
+        address = self.dead_dc.address
+        sockets = silent_udp_sockets(address, DEAD_DC_UDP_PORTS)
+        try:
+            # Nothing of ours listens there; a listener on 0.0.0.0 would, and /proc showed none.
+            listening = [port for port in DEAD_DC_TCP_PORTS if tcp_accepts(address, port, 0.2)]
+            if listening:
+                raise LabError(
+                    f"{address} accepts TCP connections on port(s) {listening}: the dead DC's "
+                    "ports must be closed; find the listener with `ss -tlnp`"
+                )
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        self._dead_dc_sockets = sockets
+
     def _children(self) -> list[ManagedProcess]:
         """Our daemons in the order they were started."""
-        children = list(self._ntp.values())
-        if self.samba is not None and self.samba.process is not None:
-            children.insert(0, self.samba.process)
-        return children
+        children = [
+            dc.process
+            for dc in (self.samba, self.skewed_samba)
+            if dc is not None and dc.process is not None
+        ]
+        return children + list(self._ntp.values())
 
     def _record(self, process: ManagedProcess) -> None:
         # Saved before waiting for readiness: a crash while waiting must still find it.
@@ -277,8 +426,10 @@ class Lab:
         self._state.save()
 
     def _write_password_file(self) -> None:
-        if self.samba is not None:
-            password = self.samba.admin_password
+        # dc2 is a clone of dc1: the same database, so the same password.
+        samba = self.samba or self.skewed_samba
+        if samba is not None:
+            password = samba.admin_password
         elif self.password_file.exists():
             return
         else:
@@ -299,11 +450,36 @@ class Lab:
 
     @property
     def hosts(self) -> tuple[Host, ...]:
-        return (self.dc, *self.exchange_servers)
+        """dc1, dc2 and the Exchange servers: every host that serves NTP (not the dead dc9)."""
+        return self.plan.hosts
+
+    @property
+    def domain_controllers(self) -> tuple[Host, ...]:
+        """The DCs that answer: dc1 (Samba AD DC) and dc2 (the KDC 420 s ahead)."""
+        return (self.dc, self.skewed_dc)
 
     @property
     def samba_running(self) -> bool:
         return self.samba is not None and not self._stopped
+
+    @property
+    def skewed_dc_running(self) -> bool:
+        return self.skewed_samba is not None and not self._stopped
+
+    @property
+    def dead_dc_running(self) -> bool:
+        """True while dc9's UDP ports are held (and so drop what they receive)."""
+        return bool(self._dead_dc_sockets) and not self._stopped
+
+    @property
+    def dns_server(self) -> str:
+        """Samba's internal DNS (dc1, port 53): the zone with the DC locator SRV records."""
+        return self.dc.address
+
+    @property
+    def skewed_dc_krb5_conf(self) -> Path:
+        """A krb5.conf whose only KDC for the realm is dc2 (420 s ahead)."""
+        return self.directory / f"krb5-{self.skewed_dc.short_name}.conf"
 
     @property
     def ntp_running(self) -> bool:
@@ -315,9 +491,11 @@ class Lab:
 
     @property
     def admin_password(self) -> str:
-        if self.samba is None:
+        """Administrator's password, on dc1 and its clone dc2 alike."""
+        samba = self.samba or self.skewed_samba
+        if samba is None:
             raise LabError("this lab runs no Samba DC; start it with samba=True")
-        return self.samba.admin_password
+        return samba.admin_password
 
     @property
     def krb5_conf(self) -> Path:
@@ -356,8 +534,12 @@ class Lab:
     def exporter_config(self, **overrides: Any) -> dict[str, Any]:
         """The exporter's configuration for this lab, as a YAML-ready dict.
 
-        Mapping overrides merge into the defaults (``checks={"clock": {"max_skew": "10m"}}``
-        changes one key); other values replace; None removes the key.
+        Every host in :attr:`hosts` is listed: dc1 and dc2 as domain controllers, exch1 and
+        exch2 as Exchange servers. dc9, which answers nothing, is not; add it with
+        ``domain_controllers={"static": [h.static_entry for h in (*lab.domain_controllers,
+        lab.dead_dc)]}``. Mapping overrides merge into the defaults (``checks={"clock":
+        {"max_skew": "10m"}}`` changes one key); other values (lists too) replace; None removes
+        the key.
         """
         config: dict[str, Any] = {
             "realm": self.realm,
@@ -370,11 +552,11 @@ class Lab:
             },
             "domain_controllers": {
                 "discover": "none",
-                "static": [{"name": self.dc.name, "address": self.dc.address}],
+                "static": [h.static_entry for h in self.domain_controllers],
             },
             "exchange_servers": {
                 "discover": "none",
-                "static": [{"name": h.name, "address": h.address} for h in self.exchange_servers],
+                "static": [h.static_entry for h in self.exchange_servers],
             },
             "checks": {
                 "clock": {"enabled": True, "sources": ["ntp"], "max_skew": "5m", "timeout": "3s"},
@@ -389,5 +571,5 @@ class Lab:
         return path
 
     def __repr__(self) -> str:
-        parts = [f"{h.name}={h.address}" for h in self.hosts]
+        parts = [f"{h.name}={h.address}" for h in (*self.hosts, self.dead_dc)]
         return f"<Lab {self.directory} {' '.join(parts)}>"

@@ -6,9 +6,14 @@ library: the lab must be able to say "Samba is up" before any of the project's c
 
 from __future__ import annotations
 
+import calendar
+import errno
 import ipaddress
+import secrets
 import socket
+import struct
 import subprocess
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +145,34 @@ def sockets_in_the_way(wanted: Iterable[tuple[str, str, int]]) -> list[BoundSock
     ]
 
 
+# --- a host that never answers ----------------------------------------------------------------
+
+
+def silent_udp_sockets(address: str, ports: Iterable[int]) -> list[socket.socket]:
+    """UDP sockets bound to address:port and never read: datagrams vanish, as behind a firewall.
+
+    A port with nothing bound would answer ICMP port unreachable (a client sees "refused").
+    The sockets live as long as the caller keeps them open.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for port in ports:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sockets.append(sock)
+            try:
+                sock.bind((address, port))
+            except OSError as exc:
+                hint = " (in use)" if exc.errno == errno.EADDRINUSE else ""
+                raise LabError(f"cannot bind {address}:{port}/udp{hint}: {exc}") from exc
+            # The smallest receive buffer: what arrives before it fills is never read either.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 # --- readiness probes -------------------------------------------------------------------------
 
 
@@ -244,3 +277,146 @@ def root_dse_attribute(
         if name.decode().lower() == attribute.lower() and values:
             return _read_ber(values, 0)[1].decode()
     return None
+
+
+# --- DNS --------------------------------------------------------------------------------------
+
+DNS_TYPE_A = 1
+DNS_TYPE_SOA = 6
+DNS_TYPE_SRV = 33
+
+
+def dns_query(name: str, rdtype: int, query_id: int) -> bytes:
+    """A recursive DNS query for one (name, type) in class IN (RFC 1035 4.1)."""
+    header = struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0)  # RD set, one question
+    labels = b"".join(
+        len(label).to_bytes(1, "big") + label.encode() for label in name.rstrip(".").split(".")
+    )
+    return header + labels + b"\x00" + struct.pack("!HH", rdtype, 1)
+
+
+def dns_answer_count(
+    address: str, name: str, rdtype: int, port: int = 53, timeout: float = 0.5
+) -> int | None:
+    """How many answers address:53 gives for (name, type) over UDP; None if no clean answer.
+
+    "Clean" means our query id, the response bit, RCODE 0 (NOERROR).
+    """
+    query_id = secrets.randbelow(0x10000)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect((address, port))
+            sock.send(dns_query(name, rdtype, query_id))
+            reply = sock.recv(4096)
+        except OSError:
+            return None
+    if len(reply) < 12:
+        return None
+    reply_id, flags, _, answers, _, _ = struct.unpack("!HHHHHH", reply[:12])
+    if reply_id != query_id or not flags & 0x8000 or flags & 0x000F:
+        return None
+    return int(answers)
+
+
+# --- Kerberos ---------------------------------------------------------------------------------
+
+KDC_ERR_C_PRINCIPAL_UNKNOWN = 6
+
+
+def _ber_int(value: int) -> bytes:
+    return _ber(0x02, value.to_bytes((value.bit_length() + 8) // 8 or 1, "big", signed=True))
+
+
+def _principal(name_type: int, *parts: str) -> bytes:
+    strings = b"".join(_ber(0x1B, part.encode()) for part in parts)  # GeneralString
+    return _ber(0x30, _ber(0xA0, _ber_int(name_type)) + _ber(0xA1, _ber(0x30, strings)))
+
+
+def as_request(realm: str, client: str) -> bytes:
+    """A credential-free AS-REQ for ``client@realm`` -> krbtgt/realm (RFC 4120 5.4.1)."""
+    body = (
+        _ber(0xA0, _ber(0x03, b"\x00\x00\x00\x00\x00"))  # kdc-options: none
+        + _ber(0xA1, _principal(1, client))  # cname, NT-PRINCIPAL
+        + _ber(0xA2, _ber(0x1B, realm.encode()))
+        + _ber(0xA3, _principal(2, "krbtgt", realm))  # sname, NT-SRV-INST
+        + _ber(0xA5, _ber(0x18, b"20370913024805Z"))  # till
+        + _ber(0xA7, _ber_int(secrets.randbelow(2**31)))  # nonce
+        + _ber(0xA8, _ber(0x30, b"".join(_ber_int(e) for e in (18, 17, 23))))  # etypes
+    )
+    request = _ber(0xA1, _ber_int(5)) + _ber(0xA2, _ber_int(10)) + _ber(0xA4, _ber(0x30, body))
+    return _ber(0x6A, _ber(0x30, request))  # [APPLICATION 10] AS-REQ
+
+
+def _generalized_time(text: str) -> float:
+    stamp = time.strptime(text, "%Y%m%d%H%M%SZ")
+    return float(calendar.timegm(stamp))
+
+
+def parse_krb_error(data: bytes) -> tuple[int, float]:
+    """(error-code, server time) of a KRB-ERROR (RFC 4120 5.9.1); ValueError if it is none."""
+    tag, outer, _ = _read_ber(data, 0)
+    if tag != 0x7E:  # [APPLICATION 30]
+        raise ValueError(f"not a KRB-ERROR: tag 0x{tag:02x}")
+    _, fields, _ = _read_ber(outer, 0)
+    found: dict[int, bytes] = {}
+    pos = 0
+    while pos < len(fields):
+        field_tag, value, pos = _read_ber(fields, pos)
+        found[field_tag] = _read_ber(value, 0)[1]
+    try:
+        stime = _generalized_time(found[0xA4].decode())
+        susec = int.from_bytes(found[0xA5], "big", signed=True)
+        code = int.from_bytes(found[0xA6], "big", signed=True)
+    except KeyError as exc:
+        raise ValueError(f"KRB-ERROR without field [{exc.args[0] - 0xA0}]") from None
+    return code, stime + susec / 1e6
+
+
+def kdc_error(
+    address: str, realm: str, *, transport: str = "udp", port: int = 88, timeout: float = 1.0
+) -> tuple[int, float]:
+    """Send an AS-REQ for a client that does not exist; (error-code, the KDC's clock).
+
+    A KDC answers 6 (C_PRINCIPAL_UNKNOWN) with its own time in stime/susec: the cheapest way
+    to read a KDC's clock without credentials. OSError when it does not answer.
+    """
+    request = as_request(realm, f"lab-probe-{secrets.token_hex(4)}")
+    if transport == "udp":
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect((address, port))
+            sock.send(request)
+            return parse_krb_error(sock.recv(65536))
+    with socket.create_connection((address, port), timeout=timeout) as sock:
+        sock.sendall(len(request).to_bytes(4, "big") + request)
+        data = b""
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the KDC closed the connection")
+            data += chunk
+        return parse_krb_error(data[4:])
+
+
+def kpasswd_answers(
+    address: str, *, transport: str = "udp", port: int = 464, timeout: float = 1.0
+) -> bool:
+    """True when address:464 answers a junk kpasswd request with a KRB-ERROR (RFC 3244)."""
+    ap_req = b"junk"
+    request = struct.pack("!HHH", 6 + len(ap_req) + 1, 0xFF80, len(ap_req)) + ap_req + b"x"
+    try:
+        if transport == "udp":
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect((address, port))
+                sock.send(request)
+                reply = sock.recv(65536)
+        else:
+            with socket.create_connection((address, port), timeout=timeout) as sock:
+                sock.sendall(len(request).to_bytes(4, "big") + request)
+                reply = sock.recv(65536)[4:]
+    except OSError:
+        return False
+    # version 1, an empty AP-REP, then the KRB-ERROR ([APPLICATION 30]).
+    return len(reply) > 6 and reply[2:4] == b"\x00\x01" and reply[6] == 0x7E

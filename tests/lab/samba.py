@@ -2,7 +2,9 @@
 
 Provisioning takes about 5 s, so a provisioned folder is kept under ``CACHE_ROOT`` keyed by
 everything that shapes it, and each lab gets a copy (tens of milliseconds). Only smb.conf
-names the folder, so the copy just needs its paths rewritten.
+names the folder, so the copy just needs its paths rewritten. A clone of a DC on another
+address is one more copy of the same entry, with its own address, name and services in
+smb.conf.
 """
 
 from __future__ import annotations
@@ -16,14 +18,22 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from tests.lab import faketime
 from tests.lab.errors import LabError
-from tests.lab.net import root_dse_attribute, tcp_accepts
+from tests.lab.net import (
+    DNS_TYPE_SRV,
+    dns_answer_count,
+    kdc_error,
+    kpasswd_answers,
+    root_dse_attribute,
+    tcp_accepts,
+)
 from tests.lab.procs import ManagedProcess, wait_until
 
 log = logging.getLogger("tests.lab")
@@ -37,21 +47,21 @@ CACHE_FORMAT = 1
 # resolver in /etc/resolv.conf: traffic that would leave loopback.
 SERVER_SERVICES = ("rpc", "ldap", "cldap", "kdc", "drepl", "kcc", "dns")
 
-# Ports a DC binds on its address; anything else holding them must go first.
-DC_PORTS = (
-    ("tcp", 53),
-    ("udp", 53),
-    ("tcp", 88),
-    ("udp", 88),
-    ("tcp", 135),
-    ("tcp", 389),
-    ("udp", 389),
-    ("tcp", 464),
-    ("udp", 464),
-    ("tcp", 636),
-    ("tcp", 3268),
-    ("tcp", 3269),
-)
+# What each Samba service binds on the DC's address; anything else holding them must go first.
+SERVICE_PORTS: dict[str, tuple[tuple[str, int], ...]] = {
+    "dns": (("tcp", 53), ("udp", 53)),
+    "kdc": (("tcp", 88), ("udp", 88), ("tcp", 464), ("udp", 464)),  # Kerberos and kpasswd
+    "rpc": (("tcp", 135),),
+    "ldap": (("tcp", 389), ("tcp", 636), ("tcp", 3268), ("tcp", 3269)),
+    "cldap": (("udp", 389),),
+}
+
+
+def ports_of(services: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    return tuple(port for service in services for port in SERVICE_PORTS.get(service, ()))
+
+
+DC_PORTS = ports_of(SERVER_SERVICES)
 
 
 @dataclass(frozen=True)
@@ -180,7 +190,7 @@ def _write_tls_certificate(spec: DomainControllerSpec, tls_dir: Path) -> None:
     shutil.copyfile(cert, tls_dir / "ca.pem")
 
 
-def _runtime_globals(root: Path) -> dict[str, str]:
+def _runtime_globals(root: Path, services: Sequence[str]) -> dict[str, str]:
     run = root / "run"
     return {
         # Each DC gets its own runtime folders, or a second DC finds the first one's pid file
@@ -189,7 +199,7 @@ def _runtime_globals(root: Path) -> dict[str, str]:
         "ncalrpc dir": str(run / "ncalrpc"),
         "winbindd socket directory": str(run / "winbindd"),
         "ntp signd socket directory": str(run / "ntp_signd"),
-        "server services": " ".join(SERVER_SERVICES),
+        "server services": " ".join(services),
         "log file": str(root / "log.%m"),
     }
 
@@ -199,9 +209,19 @@ def _runtime_globals(root: Path) -> dict[str, str]:
 _DROPPED_GLOBALS = {"dns forwarder", "logging", "max log size", "panic action"}
 
 
-def rewrite_smb_conf(text: str, old_root: str, new_root: Path) -> str:
-    """smb.conf moved from ``old_root`` to ``new_root``, with the lab's runtime settings."""
-    runtime = _runtime_globals(new_root)
+def rewrite_smb_conf(
+    text: str,
+    old_root: str,
+    new_root: Path,
+    *,
+    services: Sequence[str] = SERVER_SERVICES,
+    overrides: Mapping[str, str] | None = None,
+) -> str:
+    """smb.conf moved from ``old_root`` to ``new_root``, with the lab's runtime settings.
+
+    ``overrides`` replace [global] parameters (lower-case names, e.g. ``"interfaces"``).
+    """
+    runtime = {**_runtime_globals(new_root, services), **(overrides or {})}
     out = []
     section = ""
     for line in text.replace(old_root, str(new_root)).splitlines():
@@ -231,48 +251,79 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _build_entry(spec: DomainControllerSpec, entry: Path) -> None:
+    """Provision into ``entry/dc`` (built aside, then renamed: ``entry`` is complete or absent)."""
+    shutil.rmtree(entry, ignore_errors=True)  # an entry without meta.json is half-built
+    build = entry.with_name(f".build-{entry.name}-{os.getpid()}")
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir(parents=True, mode=0o700)
+    try:
+        password = generate_password()
+        _provision_into(spec, build / "dc", password)
+        password_file = build / "admin-password"
+        password_file.write_text(password)
+        password_file.chmod(0o600)
+        meta = {"targetdir": str(build / "dc"), "spec": spec.__dict__, "samba": samba_version()}
+        (build / "meta.json").write_text(json.dumps(meta, indent=2))
+        build.rename(entry)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+
+
 def _cache_entry(spec: DomainControllerSpec) -> Path:
     """A provisioned folder for ``spec`` in the cache, built on first use."""
     entry = CACHE_ROOT / spec.cache_key()
     with _locked(CACHE_ROOT / ".lock"):
-        if (entry / "meta.json").is_file():
-            return entry
-        shutil.rmtree(entry, ignore_errors=True)  # an entry without meta.json is half-built
-        build = CACHE_ROOT / f".build-{entry.name}-{os.getpid()}"
-        shutil.rmtree(build, ignore_errors=True)
-        build.mkdir(parents=True, mode=0o700)
-        try:
-            password = generate_password()
-            _provision_into(spec, build / "dc", password)
-            password_file = build / "admin-password"
-            password_file.write_text(password)
-            password_file.chmod(0o600)
-            meta = {"targetdir": str(build / "dc"), "spec": spec.__dict__, "samba": samba_version()}
-            (build / "meta.json").write_text(json.dumps(meta, indent=2))
-            build.rename(entry)
-        except BaseException:
-            shutil.rmtree(build, ignore_errors=True)
-            raise
+        if not (entry / "meta.json").is_file():
+            _build_entry(spec, entry)
         return entry
 
 
-def provision(spec: DomainControllerSpec, target: Path, *, use_cache: bool = True) -> str:
-    """Make ``target`` a provisioned DC folder ready to start; returns Administrator's password."""
+def provisioned_entry(spec: DomainControllerSpec, *, use_cache: bool, scratch: Path) -> Path:
+    """A folder holding a pristine provisioned DC for ``spec`` (``dc/``) and its password.
+
+    With ``use_cache`` it is the machine-wide cache entry; otherwise it is provisioned afresh
+    under ``scratch`` (once: later calls with the same ``scratch`` reuse it), so a DC and its
+    clone start from the same database either way.
+    """
     if use_cache:
-        entry = _cache_entry(spec)
-        started = time.monotonic()
-        # cp -a keeps the NT ACLs Samba stores in extended attributes on sysvol.
-        _run(["cp", "-a", str(entry / "dc"), str(target)], what="copying the cached DC folder")
-        old_root = json.loads((entry / "meta.json").read_text())["targetdir"]
-        password = (entry / "admin-password").read_text()
-        log.info("copied provisioned DC from %s in %.2f s", entry, time.monotonic() - started)
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        password = generate_password()
-        _provision_into(spec, target, password)
-        old_root = str(target)
+        return _cache_entry(spec)
+    entry = scratch / f"provisioned-{spec.cache_key()}"
+    if not (entry / "meta.json").is_file():
+        _build_entry(spec, entry)
+    return entry
+
+
+def provision(
+    spec: DomainControllerSpec,
+    target: Path,
+    *,
+    use_cache: bool = True,
+    scratch: Path | None = None,
+    services: Sequence[str] = SERVER_SERVICES,
+    overrides: Mapping[str, str] | None = None,
+) -> str:
+    """Make ``target`` a provisioned DC folder ready to start; returns Administrator's password.
+
+    ``target`` is a copy of the provisioned folder for ``spec`` (from the cache, or made under
+    ``scratch``, default ``target``'s parent, when ``use_cache`` is false). ``services`` and
+    ``overrides`` go into its smb.conf: a clone of the DC on another address is ``spec`` with
+    ``overrides={"interfaces": ADDRESS, ...}``.
+    """
+    entry = provisioned_entry(spec, use_cache=use_cache, scratch=scratch or target.parent)
+    started = time.monotonic()
+    # cp -a keeps the NT ACLs Samba stores in extended attributes on sysvol.
+    _run(["cp", "-a", str(entry / "dc"), str(target)], what="copying the provisioned DC folder")
+    old_root = json.loads((entry / "meta.json").read_text())["targetdir"]
+    password = (entry / "admin-password").read_text()
+    log.info("copied provisioned DC from %s in %.2f s", entry, time.monotonic() - started)
     smb_conf = target / "etc" / "smb.conf"
-    smb_conf.write_text(rewrite_smb_conf(smb_conf.read_text(), old_root, target))
+    smb_conf.write_text(
+        rewrite_smb_conf(
+            smb_conf.read_text(), old_root, target, services=services, overrides=overrides
+        )
+    )
     (target / "run").mkdir(exist_ok=True)
     return password
 
@@ -302,13 +353,22 @@ def krb5_conf(realm: str, kdc_addresses: Sequence[str]) -> str:
 
 @dataclass
 class SambaDC:
-    """One provisioned domain controller folder and, once started, its ``samba`` process."""
+    """One provisioned domain controller folder and, once started, its ``samba`` process.
+
+    ``clone_of``: the name of the DC whose database this folder is a copy of (its rootDSE then
+    names that DC); ``clock_offset``: seconds its clock runs ahead, under libfaketime;
+    ``process_model``: ``samba -M`` (``single`` runs every service in one process).
+    """
 
     spec: DomainControllerSpec
     directory: Path
     admin_password: str
     krb5_conf: Path
     process: ManagedProcess | None = None
+    services: tuple[str, ...] = SERVER_SERVICES
+    clock_offset: int = 0
+    process_model: str | None = None
+    clone_of: str | None = None
 
     @property
     def smb_conf(self) -> Path:
@@ -327,12 +387,16 @@ class SambaDC:
         return self.directory / "samba.log"
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "KRB5_CONFIG": str(self.krb5_conf)}
+        """For samba itself; tools run against this folder drop the faketime settings."""
+        return faketime.environment(
+            self.clock_offset, {**os.environ, "KRB5_CONFIG": str(self.krb5_conf)}
+        )
 
     def spawn(self) -> ManagedProcess:
+        model = ["-M", self.process_model] if self.process_model else []
         self.process = ManagedProcess(
             f"samba-{self.spec.host_name}",
-            ["samba", "-i", "-s", str(self.smb_conf), "--debug-stdout"],
+            ["samba", "-i", *model, "-s", str(self.smb_conf), "--debug-stdout"],
             log_path=self.log_path,
             env=self.env(),
             stdin_lifeline=True,
@@ -340,16 +404,40 @@ class SambaDC:
         return self.process
 
     def ready(self) -> bool:
-        if not all(tcp_accepts(self.spec.address, port, timeout=0.2) for port in (88, 389, 636)):
-            return False
-        try:
-            host = root_dse_attribute(self.spec.address, "dnsHostName", timeout=1.0)
-        except (OSError, ValueError, IndexError):
-            return False
-        return host is not None and host.lower() == self.spec.fqdn
+        address = self.spec.address
+        if "kdc" in self.services:
+            # Kerberos and kpasswd, over UDP and TCP: each must answer its protocol.
+            for transport in ("udp", "tcp"):
+                try:
+                    kdc_error(address, self.spec.realm, transport=transport, timeout=0.5)
+                except (OSError, ValueError, IndexError):
+                    return False
+                if not kpasswd_answers(address, transport=transport, timeout=0.5):
+                    return False
+        if "ldap" in self.services:
+            if not all(tcp_accepts(address, port, timeout=0.2) for port in (389, 636)):
+                return False
+            try:
+                host = root_dse_attribute(address, "dnsHostName", timeout=1.0)
+            except (OSError, ValueError, IndexError):
+                return False
+            expected = self.clone_of or self.spec.fqdn
+            if host is None or host.lower() != expected:
+                return False
+        if "dns" in self.services:
+            # Answers last: the locator record a client looks up first must be served.
+            srv = dns_answer_count(address, self.dc_locator, DNS_TYPE_SRV, timeout=0.5)
+            if not srv:
+                return False
+        return True
+
+    @property
+    def dc_locator(self) -> str:
+        """The SRV name clients look up to find a DC of the domain (MS-ADTS 6.3.2.3)."""
+        return f"_ldap._tcp.dc._msdcs.{self.spec.dns_domain}"
 
     def wait_ready(self, *, timeout: float = 60.0) -> None:
-        """Poll Kerberos and LDAP(S) until they accept connections and the rootDSE answers."""
+        """Poll the DC's services (Kerberos, LDAP(S) and rootDSE, DNS) until they answer."""
         process = self.process
         if process is None:
             raise LabError(f"samba for {self.spec.fqdn} was never started")
@@ -358,7 +446,13 @@ class SambaDC:
             return process.exit_reason()
 
         try:
-            wait_until(self.ready, timeout=timeout, what=f"samba for {self.spec.fqdn}", abort=gone)
+            wait_until(
+                self.ready,
+                timeout=timeout,
+                what=f"samba for {self.spec.fqdn}",
+                abort=gone,
+                interval=0.05,
+            )
         except LabError as exc:
             if process.exit_reason() is None:
                 raise LabError(
@@ -372,7 +466,7 @@ class SambaDC:
             ["samba-tool", *args, f"--configfile={self.smb_conf}"],
             capture_output=True,
             text=True,
-            env=self.env(),
+            env=faketime.environment(0, {**os.environ, "KRB5_CONFIG": str(self.krb5_conf)}),
         )
         if check and result.returncode != 0:
             raise LabError(

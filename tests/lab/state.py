@@ -15,6 +15,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.lab import faketime
 from tests.lab.errors import LabError
 from tests.lab.net import remove_loopback_alias
 from tests.lab.procs import ProcessRecord, stop_record, wait_until
@@ -91,6 +92,8 @@ def recorded_labs() -> list[LabState]:
 def undo(state: LabState) -> list[str]:
     """Stop the lab's processes, drop the aliases it added, delete its folder and state.
 
+    Sockets the owner held itself (the dead DC's) went with the owner, or go with ``stop``.
+
     Every step runs even when an earlier one fails; the failures come back as messages.
     """
     problems = []
@@ -99,6 +102,9 @@ def undo(state: LabState) -> list[str]:
             stop_record(record)
         except (LabError, OSError) as exc:
             problems.append(f"{record.name} (pgid {record.pid}): {exc}")
+        else:
+            # What libfaketime leaves in /dev/shm when a process under it is killed.
+            faketime.remove_shared_memory(record.pid)
     for address in state.aliases_added:
         try:
             remove_loopback_alias(address)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from exporter.checks.base import CheckError
-from exporter.checks.clock import ntp_query
+from exporter.checks.clock import NtpClient, ntp_query
 from tests.ntp_peer import NtpPeer
 
 
@@ -37,7 +37,7 @@ async def test_good_peer_gives_its_offset(peer: NtpPeer) -> None:
     assert reading.stratum == 2
 
 
-async def test_closed_port_is_refused_at_once() -> None:
+async def test_closed_port_is_refused_at_once() -> None:  # no peer needed
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(CheckError) as caught:
@@ -86,3 +86,35 @@ async def test_ipv6_loopback(peer: NtpPeer) -> None:
     finally:
         v6.close()
     assert reading.offset == pytest.approx(-5.0, abs=0.01)
+
+
+async def test_one_client_serves_many_peers_good_closed_and_silent_alike(peer: NtpPeer) -> None:
+    """Hundreds of probes share a few sockets: each gets its own answer or its own reason."""
+    good = await peer.serve_many(300, offset=5.0)
+    silent = [await peer.serve(behaviour="silent") for _ in range(5)]
+    closed = [closed_udp_port() for _ in range(5)]
+    client = NtpClient()
+    try:
+        deadline = deadline_in(0.5)
+        outcomes = await asyncio.gather(
+            *(client.query("127.0.0.1", port, deadline) for port in [*good, *silent, *closed]),
+            return_exceptions=True,
+        )
+        channels = len(client._retired) + len(client._channels)
+    finally:
+        client.close()
+    readings, rest = outcomes[:300], outcomes[300:]
+    assert all(
+        not isinstance(r, BaseException) and r.offset == pytest.approx(5.0, abs=0.05)
+        for r in readings
+    )
+    reasons = [r.reason if isinstance(r, CheckError) else r for r in rest]
+    assert reasons == ["timeout"] * 5 + ["refused"] * 5
+    assert channels >= 2  # more probes than one socket takes
+
+
+async def test_a_closed_client_refuses_new_queries() -> None:
+    client = NtpClient()
+    client.close()
+    with pytest.raises(CheckError, match="after the scrape ended"):
+        await client.query("127.0.0.1", 123, deadline_in(0.1))

@@ -48,8 +48,9 @@ INVALID = {
         "ldap.password_file: cannot read 'no-such-password-file': No such file or directory"
     ],
     "invalid-password-env-unset.yml": [
-        "ldap.password_env: environment variable EXCHANGE_AUTH_TEST_UNSET_VARIABLE is not set or empty"
+        "ldap.password_env: the environment variable it names is not set or empty"
     ],
+    "invalid-recursive-alias.yml": ["checks.clock.clock (line 3): unknown key"],
     "invalid-duplicate-server.yml": ["server 'dc01.corp.example.com' is listed more than once"],
     "invalid-duplicate-key.yml": ["checks.clock (line 4): duplicate key"],
     "invalid-yaml-syntax.yml": ["line 4, column 7: not valid YAML: expected ',' or '}'"],
@@ -84,6 +85,28 @@ def test_secrets_never_appear_in_errors() -> None:
     with pytest.raises(ConfigError) as caught:
         load_file(DATA / "invalid-inline-password.yml", env={})
     assert "Winter2026!" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "realm: x.test\nldap: {url: 'ldaps://dc.x.test', user: u, password_env: 'Hunter2!secret'}\n",
+        "realm: x.test\nldap: {url: 'ldaps://dc.x.test', user: u, password_env: Hunter2secret}\n",
+        "realm: x.test\nldap: {url: 'ldaps://dc.x.test', user: u, password_file: ['Hunter2secret']}\n",
+    ],
+)
+def test_a_password_typed_into_the_wrong_key_is_not_echoed(text: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_text(text, env={})
+    assert "Hunter2" not in str(caught.value)
+
+
+def test_security_weakening_settings_are_warned_about() -> None:
+    text = "realm: x.test\nldap: {url: 'ldap://dc.x.test', user: u, password_env: PW, tls_verify: false}\n"
+    warnings = load_text(text, env={"PW": "pw"}).warnings()
+    assert any("tls_verify is false" in w for w in warnings)
+    assert any("without start_tls" in w for w in warnings)
+    assert load_file(DATA / "valid-full.yml", env={}).warnings() == []
 
 
 def test_full_example_loads_and_reads_the_password_relative_to_the_file() -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 
-from exporter.checks.base import CheckContext, CheckRun, CheckSpec, ClockReading, Failure
+from exporter.app import Runtime
+from exporter.checks.base import CheckContext, CheckRun, CheckSpec, ClockReading, Failure, Resolver
 from exporter.checks.clock import SPEC as CLOCK
 from exporter.checks.clock import skew_pairs
 from exporter.config import Settings, load_text
@@ -216,3 +218,41 @@ async def test_clock_check_metrics_for_answering_and_dead_servers() -> None:
     assert value(body, "exchange_auth_clock_offset_seconds", **exch, source="ntp") is None
     assert value(body, "exchange_auth_check_success", check="clock", server="exch1.x.test") == 0
     assert value(body, "exchange_auth_check_success", check="clock", server="dc1.x.test") == 1
+
+
+async def test_lookups_still_running_are_cancelled_with_the_scrape() -> None:
+    resolver = Resolver()
+    started = asyncio.Event()
+
+    async def slow_lookup(name: str) -> str:
+        started.set()
+        await asyncio.sleep(60)
+        return "127.0.0.1"
+
+    resolver._lookup = slow_lookup  # type: ignore[method-assign]
+    waiter = asyncio.create_task(resolver.address(Server("dc1.x.test", Role.DOMAIN_CONTROLLER)))
+    await started.wait()
+    pending = list(resolver._pending.values())
+    resolver.close()
+    await asyncio.sleep(0)
+    assert all(task.cancelled() for task in pending)
+    waiter.cancel()
+
+
+async def test_concurrent_requests_share_one_scrape() -> None:
+    calls = 0
+
+    async def counted(ctx: CheckContext, target: Server, s: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.1)
+
+    runtime = Runtime(
+        Path("unused.yml"), settings(), Inventory((DC, EXCH)), [spec("counted", counted)]
+    )
+    first, second = await asyncio.gather(runtime.scrape(2.0), runtime.scrape(3.0))
+    assert first is second
+    assert calls == 2
+    # A request that must end sooner than the scrape in flight does not wait for it.
+    await asyncio.gather(runtime.scrape(2.0), runtime.scrape(0.5))
+    assert calls == 2 + 4
