@@ -15,8 +15,9 @@ import yaml
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from . import __version__
-from .checks import CHECKS
+from . import __version__, ldap
+from .background import Scan, ScanRunner
+from .checks import CHECKS, SCANS
 from .checks.base import CheckSpec
 from .config import ConfigError, Settings, load_file
 from .inventory import Inventory, build_inventory, refresh_interval
@@ -39,9 +40,11 @@ class Runtime:
         settings: Settings,
         inventory: Inventory,
         checks: Sequence[CheckSpec[Any, Any]] = CHECKS,
+        scans: Sequence[Scan[Any]] = SCANS,
     ) -> None:
         self.config_file = config_file
         self.checks = checks
+        self.scans = ScanRunner(scans, lambda: self.settings, lambda: self.inventory)
         self.settings = settings
         self.inventory = inventory
         self.reload_status = ReloadStatus(successful=True, last_success=time.time())
@@ -76,7 +79,13 @@ class Runtime:
     async def refresh_inventory(self) -> None:
         """Run discovery again; what a failing discovery found before is kept."""
         async with self._lock:
-            self.inventory = await build_inventory(self.settings, self.inventory)
+            inventory = await build_inventory(self.settings, self.inventory)
+            changed = {s.name for s in inventory.servers} != {
+                s.name for s in self.inventory.servers
+            }
+            self.inventory = inventory
+        if changed:
+            self.scans.wake()
 
     async def reload(self) -> None:
         """Load the file again; on any problem keep the configuration in force and re-raise."""
@@ -92,6 +101,7 @@ class Runtime:
             _log_warnings(settings)
             self.settings, self.inventory = settings, inventory
             self.reload_status = ReloadStatus(True, time.time())
+            self.scans.wake()
             log.info(
                 "configuration reloaded from %s: %d servers",
                 self.config_file,
@@ -111,6 +121,14 @@ def _log_warnings(settings: Settings) -> None:
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
+
+
+async def _background_scans(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    runtime.scans.start()
+    yield
+    await runtime.scans.stop()
+    ldap.close_all()
 
 
 async def _rediscover(app: web.Application) -> AsyncIterator[None]:
@@ -139,7 +157,9 @@ async def metrics(request: web.Request) -> web.Response:
     reserve = min(runtime.exposition_seconds * 1.5, 1.0)
     budget = scrape_budget(request.headers.get(TIMEOUT_HEADER), settings, reserve)
     result = await runtime.scrape(budget)
-    collector = ScrapeCollector(result, settings, inventory, runtime.reload_status, runtime.checks)
+    collector = ScrapeCollector(
+        result, settings, inventory, runtime.reload_status, runtime.checks, runtime.scans
+    )
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     started = time.monotonic()
     # Large inventories take long to encode; off the loop, other scrapes' timers keep running.
@@ -216,4 +236,5 @@ def make_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/-/ready", ready)
     app.router.add_post("/-/reload", reload)
     app.cleanup_ctx.append(_rediscover)
+    app.cleanup_ctx.append(_background_scans)
     return app

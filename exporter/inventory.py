@@ -6,6 +6,7 @@ the servers it found last time, so a DNS hiccup never empties the inventory.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 from .config import ServerEntry, Settings
 from .dns_discovery import discover_domain_controllers
+from .ldap_discovery import discover_domain_controllers as discover_dcs_by_ldap
+from .ldap_discovery import discover_exchange_servers
 from .servers import Role, Server
 
 __all__ = [
@@ -61,6 +64,8 @@ Discoverer = Callable[[Settings], Awaitable[list[Server]]]
 # (role, method) -> coroutine returning the servers found; LDAP discovery registers here too.
 DISCOVERERS: dict[tuple[Role, str], Discoverer] = {
     (Role.DOMAIN_CONTROLLER, "dns"): discover_domain_controllers,
+    (Role.DOMAIN_CONTROLLER, "ldap"): discover_dcs_by_ldap,
+    (Role.EXCHANGE, "ldap"): discover_exchange_servers,
 }
 
 
@@ -110,6 +115,14 @@ async def build_inventory(settings: Settings, previous: Inventory | None = None)
             continue
         found, discovery = await _discover(settings, role, method, previous)
         discoveries.append(discovery)
+        details = {s.name: s.exchange for s in found if s.exchange is not None}
+        # A static entry keeps its address and ports but learns what the directory knows.
+        servers = [
+            dataclasses.replace(s, exchange=details[s.name])
+            if s.exchange is None and s.name in details
+            else s
+            for s in servers
+        ]
         fresh = [s for s in found if s.name not in known]
         known.update(s.name for s in fresh)
         servers += fresh

@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from . import __version__
+from .background import ScanRunner, scan_metrics
 from .checks import CHECKS
 from .checks.base import CheckSpec, ClockReading, clock_readings_of
 from .checks.clock import clock_metrics
@@ -37,12 +38,14 @@ class ScrapeCollector:
         inventory: Inventory,
         reload: ReloadStatus,
         checks: Sequence[CheckSpec[Any, Any]] = CHECKS,
+        scans: ScanRunner | None = None,
     ) -> None:
         self._result = result
         self._settings = settings
         self._inventory = inventory
         self._reload = reload
         self._checks = checks
+        self._scans = scans
 
     def collect(self) -> Iterator[Metric]:
         result, settings = self._result, self._settings
@@ -55,7 +58,9 @@ class ScrapeCollector:
             readings.extend(clock_readings_of(run.outcome))
         yield from clock_metrics(readings, settings)
         yield from self._check_metrics()
+        yield from scan_metrics(self._scans, settings, self._inventory)
         yield from self._inventory_metrics()
+        yield from self._exchange_metrics()
         yield from self._self_metrics()
 
     def _check_metrics(self) -> Iterator[Metric]:
@@ -104,6 +109,34 @@ class ScrapeCollector:
             last_success.add_metric([d.role.value, d.method], d.last_success)
         yield success
         yield last_success
+
+    def _exchange_metrics(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "exchange_auth_server_info",
+            "1 per Exchange server found in the Exchange configuration in AD, with its version, AD "
+            "site and Exchange roles (msExchCurrentServerRoles).",
+            labels=["server", "role", "version", "site", "exchange_roles"],
+        )
+        connector = GaugeMetricFamily(
+            "exchange_auth_receive_connector_exchange_auth_enabled",
+            "1 when the receive connector offers ExchangeServer authentication (bit 0x10 of "
+            "msExchSMTPReceiveInboundSecurityFlag), which server-to-server mail needs.",
+            labels=["server", "connector"],
+        )
+        for server in self._inventory.exchange_servers:
+            details = server.exchange
+            if details is None:
+                continue
+            info.add_metric(
+                [server.name, server.role.value, details.version, details.site, details.role_names],
+                1,
+            )
+            for receive in details.connectors:
+                connector.add_metric(
+                    [server.name, receive.name], 1 if receive.exchange_server_auth else 0
+                )
+        yield info
+        yield connector
 
     def _self_metrics(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import clock, kerberos
+from ..background import Scan
+from . import clock, kerberos, ldap_clock, spn
 from .base import CheckSpec
 
-CHECKS: tuple[CheckSpec[Any, Any], ...] = (clock.SPEC.erased(), kerberos.SPEC.erased())
+CHECKS: tuple[CheckSpec[Any, Any], ...] = (
+    clock.SPEC.erased(),
+    kerberos.SPEC.erased(),
+    ldap_clock.SPEC.erased(),
+)
 
-__all__ = ["CHECKS"]
+# Background scans: their results are cached and reported by every scrape.
+SCANS: tuple[Scan[Any], ...] = (spn.SERVER_SPN_SCAN, spn.DUPLICATE_SCAN)
+
+__all__ = ["CHECKS", "SCANS"]

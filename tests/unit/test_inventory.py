@@ -74,8 +74,9 @@ async def test_a_failed_discovery_keeps_what_it_found_before(dns: FakeDns) -> No
     assert {s.name for s in third.servers} == {"dc1.corp.example.test", "dc3.corp.example.test"}
 
 
-async def test_a_method_without_a_discoverer_is_reported_not_fatal() -> None:
-    settings = load_text("realm: x.test\nexchange_servers: {discover: ldap}\n")
+async def test_a_method_without_a_discoverer_is_reported_not_fatal(dns: FakeDns) -> None:
+    del DISCOVERERS[(Role.DOMAIN_CONTROLLER, "dns")]
+    settings = load_text("realm: x.test\ndomain_controllers: {discover: dns}\n")
     inventory = await build_inventory(settings)
     assert inventory.servers == ()
     (discovery,) = inventory.discoveries

@@ -1,0 +1,306 @@
+"""SPNs of each Exchange server's computer account, and SPNs held by more than one account.
+
+Both are background scans (``setspn -L`` and ``setspn -X -F`` as time series): the per-server
+lookup every ``checks.spn.refresh_interval``, the forest-wide duplicate search every
+``checks.duplicate_spn.refresh_interval``. Scrapes report their cached results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from ldap3.utils.conv import escape_filter_chars
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from ..background import Scan, ScanState
+from ..config import Settings
+from ..inventory import Inventory
+from ..ldap import LdapClient, LdapEntry, LdapError, LdapTarget, client_for, run_in_ldap_thread
+from ..servers import Server
+
+__all__ = [
+    "DUPLICATE_SCAN",
+    "SERVER_SPN_SCAN",
+    "Account",
+    "Duplicates",
+    "ServerAccounts",
+    "expected_spns",
+    "find_duplicates",
+]
+
+log = logging.getLogger(__name__)
+
+# Owner series are one per (SPN, account): a forest full of duplicates must not flood Prometheus.
+MAX_OWNER_SERIES = 500
+_SERVERS_PER_SEARCH = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    dn: str
+    sam_account_name: str
+    dns_host_name: str
+    spns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ServerAccounts:
+    """Per Exchange server (by name): its computer account, or None when there is none."""
+
+    accounts: dict[str, Account | None]
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    scope: str  # forest (Global Catalog) or domain (the configured DC's domain NC only)
+    objects: int
+    spns: int
+    # case-folded SPN -> (the SPN as the first owner spells it, every owner's DN)
+    owners: dict[str, tuple[str, tuple[str, ...]]]
+
+
+def short_name(server: Server) -> str:
+    return server.name.split(".", 1)[0].upper()
+
+
+def expected_spns(server: Server, service_classes: Sequence[str]) -> list[str]:
+    """SMTP/EXCH1, SMTP/exch1.corp.example.com, SMTPSVC/... as Exchange registers them."""
+    return [
+        f"{cls}/{name}" for cls in service_classes for name in (short_name(server), server.name)
+    ]
+
+
+def _needs_account(server: Server) -> bool:
+    return server.exchange is None or not server.exchange.edge
+
+
+def _search_target(settings: Settings) -> tuple[LdapClient, str | None]:
+    """The Global Catalog when configured (whole forest, base ""), else the configured DC."""
+    if settings.ldap is None:
+        raise LdapError("search_failed", "no ldap section configured")
+    gc = settings.ldap.global_catalog_url
+    if gc:
+        return client_for(LdapTarget.from_settings(settings.ldap, gc)), ""
+    return client_for(LdapTarget.from_settings(settings.ldap)), None
+
+
+def _default_nc(client: LdapClient, deadline: float) -> str:
+    base = client.root_dse(["defaultNamingContext"], deadline).first("defaultNamingContext")
+    if not base:
+        raise LdapError("search_failed", "rootDSE has no defaultNamingContext")
+    return base
+
+
+def _account(entry: LdapEntry) -> Account:
+    return Account(
+        entry.dn,
+        entry.first("sAMAccountName") or "",
+        (entry.first("dNSHostName") or "").lower(),
+        tuple(entry.attributes.get("servicePrincipalName", [])),
+    )
+
+
+async def scan_server_accounts(settings: Settings, inventory: Inventory) -> ServerAccounts:
+    servers = [s for s in inventory.exchange_servers if _needs_account(s)]
+    client, base = _search_target(settings)
+    assert settings.ldap is not None
+    deadline = time.monotonic() + settings.ldap.timeout * (1 + len(servers) // _SERVERS_PER_SEARCH)
+
+    def lookup() -> list[LdapEntry]:
+        search_base = _default_nc(client, deadline) if base is None else base
+        entries: list[LdapEntry] = []
+        for start in range(0, len(servers), _SERVERS_PER_SEARCH):
+            terms = "".join(
+                f"(dNSHostName={escape_filter_chars(s.name)})(sAMAccountName={escape_filter_chars(short_name(s))}$)"
+                for s in servers[start : start + _SERVERS_PER_SEARCH]
+            )
+            entries += client.search(
+                search_base,
+                f"(&(objectCategory=computer)(|{terms}))",
+                ["sAMAccountName", "dNSHostName", "servicePrincipalName"],
+                deadline,
+            )
+        return entries
+
+    accounts = [_account(e) for e in await run_in_ldap_thread(lookup)] if servers else []
+    by_host = {a.dns_host_name: a for a in accounts if a.dns_host_name}
+    by_sam = {a.sam_account_name.upper(): a for a in accounts}
+    # dNSHostName first: two domains may each have an EXCH1$; the FQDN tells them apart.
+    return ServerAccounts(
+        {s.name: by_host.get(s.name) or by_sam.get(f"{short_name(s)}$") for s in servers}
+    )
+
+
+def _server_metrics(
+    state: ScanState[ServerAccounts], settings: Settings, inventory: Inventory
+) -> Iterator[Metric]:
+    found = GaugeMetricFamily(
+        "exchange_auth_computer_account_found",
+        "1 when the Exchange server's computer account was found (by dNSHostName, then "
+        "sAMAccountName); 0 explains why all its SPNs read 0. Cached: see "
+        'exchange_auth_last_success_timestamp_seconds{scan="spn"}.',
+        labels=["server"],
+    )
+    present = GaugeMetricFamily(
+        "exchange_auth_spn_present",
+        "1 when the expected SPN (service class / short name or FQDN) is on the server's computer "
+        "account. Cached from the last spn scan.",
+        labels=["server", "spn"],
+    )
+    count = GaugeMetricFamily(
+        "exchange_auth_spn_count",
+        "SPNs of this service class on the server's computer account. Cached from the last spn scan.",
+        labels=["server", "service_class"],
+    )
+    if state.result is not None:
+        classes = settings.checks.spn.service_classes
+        for server in inventory.exchange_servers:
+            if server.name not in state.result.accounts:
+                continue  # new since the last scan, or an Edge server: no claim either way
+            account = state.result.accounts[server.name]
+            found.add_metric([server.name], 0 if account is None else 1)
+            held = {spn.casefold() for spn in (account.spns if account else ())}
+            for spn in expected_spns(server, classes):
+                present.add_metric([server.name, spn], 1 if spn.casefold() in held else 0)
+            by_class = Counter(spn.split("/", 1)[0].casefold() for spn in held)
+            for cls in classes:
+                count.add_metric([server.name, cls], by_class[cls.casefold()])
+    yield from (found, present, count)
+
+
+def _spn_interval(settings: Settings) -> float | None:
+    spn = settings.checks.spn
+    wanted = spn.enabled and settings.ldap is not None and settings.ldap.user is not None
+    return spn.refresh_interval if wanted else None
+
+
+SERVER_SPN_SCAN: Scan[ServerAccounts] = Scan(
+    name="spn",
+    interval=_spn_interval,
+    run=scan_server_accounts,
+    count=lambda result: sum(1 for a in result.accounts.values() if a is not None),
+    emit=_server_metrics,
+)
+
+
+def find_duplicates(
+    entries: Iterable[LdapEntry],
+) -> tuple[int, int, dict[str, tuple[str, tuple[str, ...]]]]:
+    """Group every SPN by its case-folded value, as ``setspn -X`` does.
+
+    Returns (objects, SPN values, duplicates). Only the first owner of each value is kept until
+    a second one shows up, so memory follows the number of SPNs, not of duplicates.
+    """
+    first: dict[str, tuple[str, str]] = {}
+    duplicates: dict[str, tuple[str, list[str]]] = {}
+    objects = values = 0
+    for entry in entries:
+        objects += 1
+        for spn in entry.attributes.get("servicePrincipalName", []):
+            values += 1
+            key = spn.casefold()
+            seen = first.get(key)
+            if seen is None:
+                first[key] = (spn, entry.dn)
+            elif key in duplicates:
+                if entry.dn not in duplicates[key][1]:
+                    duplicates[key][1].append(entry.dn)
+            elif seen[1] != entry.dn:
+                duplicates[key] = (seen[0], [seen[1], entry.dn])
+    return objects, values, {k: (spn, tuple(owners)) for k, (spn, owners) in duplicates.items()}
+
+
+_warned_scope = False
+
+
+async def scan_duplicates(settings: Settings, inventory: Inventory) -> Duplicates:
+    global _warned_scope
+    client, base = _search_target(settings)
+    assert settings.ldap is not None
+    scope = "forest" if base == "" else "domain"
+    if settings.checks.duplicate_spn.scope == "forest" and scope == "domain" and not _warned_scope:
+        log.warning(
+            "ldap.global_catalog_url is not set: duplicate SPNs are searched in the domain of %s only, "
+            "not forest-wide",
+            settings.ldap.url,
+        )
+        _warned_scope = True
+    deadline = time.monotonic() + settings.ldap.timeout
+
+    def scan() -> tuple[int, int, dict[str, tuple[str, tuple[str, ...]]]]:
+        search_base = _default_nc(client, deadline) if base is None else base
+        return find_duplicates(
+            client.paged(search_base, "(servicePrincipalName=*)", ["servicePrincipalName"])
+        )
+
+    objects, values, owners = await run_in_ldap_thread(scan)
+    return Duplicates(scope, objects, values, owners)
+
+
+def _duplicate_metrics(
+    state: ScanState[Duplicates], settings: Settings, inventory: Inventory
+) -> Iterator[Metric]:
+    per_class = GaugeMetricFamily(
+        "exchange_auth_spn_duplicates",
+        "SPN values held by more than one account, by service class (case-insensitive, like "
+        "setspn -X). Cached from the last duplicate_spn scan.",
+        labels=["service_class"],
+    )
+    owner = GaugeMetricFamily(
+        "exchange_auth_spn_duplicate_owner_info",
+        f"1 per account holding a duplicated SPN; at most {MAX_OWNER_SERIES} series, the configured "
+        "service classes first. Cached from the last duplicate_spn scan.",
+        labels=["spn", "account"],
+    )
+    truncated = GaugeMetricFamily(
+        "exchange_auth_spn_duplicate_owner_info_truncated",
+        "1 when exchange_auth_spn_duplicate_owner_info left owners out to stay within its cap.",
+    )
+    scope = GaugeMetricFamily(
+        "exchange_auth_spn_duplicate_scan_scope",
+        "1 for where duplicates were searched: forest (Global Catalog) or domain (no GC configured).",
+        labels=["scope"],
+    )
+    result = state.result
+    if result is not None:
+        classes = Counter(key.split("/", 1)[0] for key in result.owners)
+        wanted = [c.casefold() for c in settings.checks.spn.service_classes]
+        for cls in wanted:
+            classes.setdefault(cls, 0)
+        for cls, number in sorted(classes.items()):
+            per_class.add_metric([cls.upper()], number)
+        # The classes that break Exchange first, then the rest, in a stable order.
+        ordered = sorted(
+            result.owners.items(), key=lambda kv: (kv[0].split("/", 1)[0] not in wanted, kv[0])
+        )
+        emitted = 0
+        cut = False
+        for _key, (spn, accounts) in ordered:
+            for account in accounts:
+                if emitted >= MAX_OWNER_SERIES:
+                    cut = True
+                    break
+                owner.add_metric([spn, account], 1)
+                emitted += 1
+        truncated.add_metric([], 1 if cut else 0)
+        scope.add_metric([result.scope], 1)
+    yield from (per_class, owner, truncated, scope)
+
+
+def _duplicate_interval(settings: Settings) -> float | None:
+    duplicate = settings.checks.duplicate_spn
+    wanted = duplicate.enabled and settings.ldap is not None and settings.ldap.user is not None
+    return duplicate.refresh_interval if wanted else None
+
+
+DUPLICATE_SCAN: Scan[Duplicates] = Scan(
+    name="duplicate_spn",
+    interval=_duplicate_interval,
+    run=scan_duplicates,
+    count=lambda result: result.objects,
+    emit=_duplicate_metrics,
+)
