@@ -19,7 +19,7 @@ import dns.asyncresolver
 import dns.resolver
 import ntplib
 import pytest
-from ldap3 import NONE, SIMPLE, Connection, Server, Tls  # type: ignore[import-untyped]
+from ldap3 import NONE, SIMPLE, Connection, Server, Tls
 
 from tests.lab import DEFAULT_NETWORK, SKEWED_CLOCK_OFFSET, Host, Lab, LabError, faketime, lab_plan
 from tests.lab.net import (
