@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -21,3 +25,14 @@ def value(text: str, name: str, **labels: str) -> float | None:
 def series(text: str, name: str) -> list[dict[str, str]]:
     """The label sets of every sample of ``name``."""
     return [dict(labels) for (n, labels) in samples(text) if n == name]
+
+
+def expose(metrics: Iterable[Metric]) -> str:
+    """The text exposition of some metric families, as a scrape would serve them."""
+    families = list(metrics)
+
+    class Collector:
+        def collect(self) -> Iterable[Metric]:
+            return families
+
+    return generate_latest(Collector()).decode()

@@ -36,6 +36,8 @@ def parse_generalized_time(text: str) -> float:
     if not value.endswith("Z"):
         raise ValueError(f"currentTime {text!r} is not in UTC")
     whole, _, fraction = value[:-1].partition(".")
+    if len(whole) != 14 or not whole.isdigit():
+        raise ValueError(f"currentTime {text!r} is not YYYYMMDDHHMMSS")
     moment = datetime.strptime(whole, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
     return moment.timestamp() + (float(f"0.{fraction}") if fraction.isdigit() else 0.0)
 

@@ -6,14 +6,13 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from prometheus_client.exposition import generate_latest
 
 from exporter.checks.base import CheckContext, CheckRun, Failure
 from exporter.checks.kerberos import SPEC, KerberosResult, PortResult, check_kerberos
 from exporter.config import KerberosCheck, Settings, load_text
 from exporter.servers import Role, Server
 from tests.kdc_peer import Behaviour, KdcPeer
-from tests.metrics_text import value
+from tests.metrics_text import expose, value
 
 SETTINGS = KerberosCheck()
 
@@ -119,11 +118,7 @@ def test_every_configured_port_has_series_when_the_whole_check_fails() -> None:
         CheckRun("kerberos", server, Failure("dns", "cannot resolve"), 0.01)
     ]
 
-    class Families:
-        def collect(self) -> object:
-            return SPEC.emit(runs, SETTINGS)
-
-    text = generate_latest(Families()).decode()  # type: ignore[arg-type]
+    text = expose(SPEC.emit(runs, SETTINGS))
     for port, transport in [("88", "udp"), ("88", "tcp"), ("464", "udp"), ("464", "tcp")]:
         labels = {"server": server.name, "port": port, "transport": transport}
         assert value(text, "exchange_auth_kerberos_port_up", **labels) == 0
