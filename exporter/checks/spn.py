@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ldap3.utils.conv import escape_filter_chars
@@ -60,7 +60,7 @@ class Duplicates:
     objects: int
     spns: int
     # case-folded SPN -> (the SPN as the first owner spells it, every owner's DN)
-    owners: dict[str, tuple[str, tuple[str, ...]]]
+    owners: Mapping[str, tuple[str, tuple[str, ...]]]
 
 
 def short_name(server: Server) -> str:
