@@ -38,6 +38,7 @@ fmt: venv
 
 bench: venv
 	$(PY) bench/clock_fanout.py
+	$(PY) bench/kerberos_fanout.py
 
 lab-up: system-deps venv
 	$(PY) -m tests.lab up

@@ -57,6 +57,7 @@ from tests.kdc_peer import reply_for
 
 KDC, KPASSWD = 88, 464
 # 127.0.30.0/24 and 127.0.31.0/24 without .0 and .255: loopback addresses no one else here uses.
+# Linux treats all of 127.0.0.0/8 as local, so they bind without adding aliases to lo.
 ADDRESS_POOL = [f"127.0.{30 + i // 254}.{i % 254 + 1}" for i in range(2 * 254)]
 BLACKBOX_PACKAGE = "prometheus-blackbox-exporter"
 BLACKBOX_CONCURRENCY = 50
@@ -164,7 +165,7 @@ class _Responder:
         self.epoll.register(pipe.fileno(), select.EPOLLIN)
 
     def refresh(self) -> None:
-        # stime moves on with the clock, so the exporter's clock readings stay near zero.
+        # stime moves on with the clock, so the exporter's clock readings stay within a second.
         kdc = reply_for("error", 0.0)  # KDC_ERR_C_PRINCIPAL_UNKNOWN, what a KDC says to the probe
         kpasswd = reply_for("kpasswd", 0.0)
         assert kdc is not None and kpasswd is not None
@@ -205,9 +206,7 @@ class _Responder:
         while True:
             try:
                 sock, _ = listener.accept()
-            except BlockingIOError:
-                return
-            except OSError:
+            except OSError:  # none left, or one reset before we got to it
                 return
             sock.setblocking(False)
             self.connections[sock.fileno()] = _Connection(sock, service)
@@ -266,15 +265,16 @@ class _Responder:
 
 
 def _responders(count: int, pipe: Connection) -> None:
-    # Ctrl-C reaches the whole process group; the bench stops us itself once it has cleaned up.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        _raise_fd_limit()
-        endpoints, bound, note = _bind_all(count)
-    except Exception as exc:
-        pipe.send(("error", f"{type(exc).__name__}: {exc}"))
-        return
-    pipe.send(("ready", [(e.address, e.kdc_port, e.kpasswd_port) for e in endpoints], note))
+        try:
+            _raise_fd_limit()
+            endpoints, bound, note = _bind_all(count)
+        except Exception as exc:
+            pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+            return
+        pipe.send(("ready", [(e.address, e.kdc_port, e.kpasswd_port) for e in endpoints], note))
+    except BrokenPipeError:
+        return  # the bench was interrupted while we started: nobody to serve
     _Responder(bound, pipe).run()
 
 
@@ -284,7 +284,13 @@ def responders(count: int) -> Iterator[tuple[list[Endpoint], str]]:
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(target=_responders, args=(count, child), daemon=True)
-    process.start()
+    # Ctrl-C reaches the whole process group, but the bench stops the responders itself, after
+    # its own cleanup. An ignored signal stays ignored across exec, so the child starts immune.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     child.close()
     try:
         if not parent.poll(60):
@@ -526,8 +532,9 @@ def _run(count: int, rounds: int, limits: list[int], profile: bool) -> None:
     binary = shutil.which(BLACKBOX_PACKAGE) or shutil.which("blackbox_exporter")
     if binary is None:
         print(
-            f"blackbox_exporter not found: `apt-get install {BLACKBOX_PACKAGE}` (Debian package "
-            f"{BLACKBOX_PACKAGE}) for the comparison; running the exporter's side only."
+            f"blackbox_exporter not found: for the comparison, install the Debian package with "
+            f"`apt-get install {BLACKBOX_PACKAGE}` (or `make system-deps`); running the "
+            "exporter's side only."
         )
     with responders(count) as (endpoints, note), tempfile.TemporaryDirectory() as workdir:
         if note:
@@ -565,11 +572,13 @@ def _compare(
             theirs.append(asyncio.run(_blackbox_round(blackbox, targets)))
 
     b = _median(theirs) if theirs else None
-    print(
-        f"{count} KDCs x 4 probes (88/udp 88/tcp 464/udp 464/tcp) = {probes} per scrape; "
-        f"blackbox_exporter: {len(targets)} tcp_connect probes, each TCP port twice, "
-        f"{BLACKBOX_CONCURRENCY} at a time"
-    )
+    title = f"{count} KDCs x 4 probes (88/udp 88/tcp 464/udp 464/tcp) = {probes} per scrape"
+    if blackbox is not None:
+        title += (
+            f"; blackbox_exporter: {len(targets)} tcp_connect probes, each TCP port twice, "
+            f"{BLACKBOX_CONCURRENCY} at a time"
+        )
+    print(title)
     print(
         f"{'limit':>5} | {'scrape wall':>11} {'cpu/probe':>9} | {'/metrics wall':>13} "
         f"{'cpu/probe':>9} | {'blackbox wall':>13} {'cpu/probe':>9} | {'wall x':>6} {'cpu x':>6}"
@@ -590,6 +599,12 @@ def _compare(
         )
     if b is not None:
         _warn("blackbox_exporter", b, len(targets))
+    succeeded = [
+        f"limit {limit}: {_median(ours[limit]).answered}/{probes} ports up" for limit in limits
+    ]
+    if b is not None:
+        succeeded.append(f"blackbox: {b.answered}/{len(targets)} probe_success 1")
+    print(f"succeeded, worst round: exporter {', '.join(succeeded)}")
     print(
         f"medians of {rounds} rounds. scrape: run_scrape with the Kerberos check (AS-REQ/kpasswd "
         "sent, KRB-ERROR parsed); /metrics: that plus the\nexposition of every series; blackbox: "

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the lab needs, only when something is missing.
+# Installs the Debian packages the lab and the benchmarks need, only when something is missing.
 set -euo pipefail
 
-packages=(samba samba-ad-dc winbind krb5-user ldb-tools ldap-utils chrony faketime prometheus iproute2)
+packages=(samba samba-ad-dc winbind krb5-user ldb-tools ldap-utils chrony faketime prometheus iproute2
+  prometheus-blackbox-exporter)
 
 missing=()
 for pkg in "${packages[@]}"; do
