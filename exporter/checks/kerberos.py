@@ -94,9 +94,9 @@ async def _probe(
     exchange: Exchange
     try:
         if transport == "udp":
-            exchange = await udp_exchange(address, dialled, request, ctx.deadline)
+            exchange = await udp_exchange(address, dialled, request, None)
         else:
-            exchange = await tcp_exchange(address, dialled, frame_tcp(request), ctx.deadline)
+            exchange = await tcp_exchange(address, dialled, frame_tcp(request), None)
         reply = parse(exchange.reply)
     except CheckError as exc:
         return PortResult(port, transport, reason=exc.reason, detail=exc.detail)
@@ -142,9 +142,18 @@ async def check_kerberos(
 ) -> KerberosResult:
     address = target.address or await ctx.resolver.address(target)
     specs = [parse_port_spec(p) for p in settings.ports]
-    results = list(
-        await asyncio.gather(*(_probe(ctx, address, target, port, tr) for port, tr in specs))
-    )
+    probes = [asyncio.create_task(_probe(ctx, address, target, port, tr)) for port, tr in specs]
+    # One timer for the server's probes, not one per probe: the exchanges themselves are unbounded.
+    await asyncio.wait(probes, timeout=max(0.0, ctx.deadline - asyncio.get_running_loop().time()))
+    results = []
+    for (port, transport), probe in zip(specs, probes, strict=True):
+        if probe.done():
+            results.append(probe.result())
+        else:
+            probe.cancel()
+            results.append(
+                PortResult(port, transport, reason="timeout", detail="no reply before the deadline")
+            )
     results = _inconclusive(results)
     return KerberosResult(tuple(results), _clock(target, results))
 

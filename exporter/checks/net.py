@@ -54,8 +54,11 @@ def _family(address: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
-async def udp_exchange(address: str, port: int, request: bytes, deadline: float) -> Exchange:
-    """Send one datagram on a connected socket and return the first datagram that comes back."""
+async def udp_exchange(address: str, port: int, request: bytes, deadline: float | None) -> Exchange:
+    """Send one datagram on a connected socket and return the first datagram that comes back.
+
+    With ``deadline`` None the caller bounds the wait (one timer for many exchanges is cheaper).
+    """
     loop = asyncio.get_running_loop()
     sock = socket.socket(_family(address), socket.SOCK_DGRAM)
     sock.setblocking(False)
@@ -96,9 +99,12 @@ async def udp_exchange(address: str, port: int, request: bytes, deadline: float)
 
 
 async def tcp_exchange(
-    address: str, port: int, request: bytes, deadline: float, max_reply: int = 65536
+    address: str, port: int, request: bytes, deadline: float | None, max_reply: int = 65536
 ) -> Exchange:
-    """Connect, send ``request``, read one reply framed by a 4-byte big-endian length."""
+    """Connect, send ``request``, read one reply framed by a 4-byte big-endian length.
+
+    With ``deadline`` None the caller bounds the wait.
+    """
     loop = asyncio.get_running_loop()
     sock = socket.socket(_family(address), socket.SOCK_STREAM)
     sock.setblocking(False)
@@ -111,13 +117,7 @@ async def tcp_exchange(
             sent_at = time.time()
             try:
                 await loop.sock_sendall(sock, request)
-                header = await _read_exactly(loop, sock, 4)
-                (length,) = struct.unpack("!I", header)
-                if length > max_reply:
-                    raise CheckError(
-                        "protocol_error", f"reply declares {length} bytes, more than {max_reply}"
-                    )
-                body = await _read_exactly(loop, sock, length)
+                body = await _read_framed(loop, sock, max_reply)
             except OSError as exc:
                 raise _os_error(exc, "tcp") from None
             return Exchange(body, sent_at, time.time())
@@ -127,13 +127,26 @@ async def tcp_exchange(
         sock.close()
 
 
-async def _read_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = await loop.sock_recv(sock, min(size - len(chunks), 65536))
+async def _read_framed(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, max_reply: int
+) -> bytes:
+    """The 4-byte length, then that many bytes; a small reply usually comes in one read."""
+    data = bytearray()
+    expected: int | None = None
+    while expected is None or len(data) < expected:
+        chunk = await loop.sock_recv(
+            sock, 65536 if expected is None else min(expected - len(data), 65536)
+        )
         if not chunk:
             raise CheckError(
-                "protocol_error", f"connection closed after {len(chunks)} of {size} bytes"
+                "protocol_error", f"connection closed after {len(data)} of {expected or '?'} bytes"
             )
-        chunks += chunk
-    return bytes(chunks)
+        data += chunk
+        if expected is None and len(data) >= 4:
+            (length,) = struct.unpack_from("!I", data)
+            if length > max_reply:
+                raise CheckError(
+                    "protocol_error", f"reply declares {length} bytes, more than {max_reply}"
+                )
+            expected = 4 + length
+    return bytes(data[4:expected])
