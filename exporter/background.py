@@ -141,8 +141,14 @@ def scan_metrics(
         "Directory objects the last successful run of the scan read.",
         labels=["scan"],
     )
+    failure = GaugeMetricFamily(
+        "exchange_auth_scan_failure",
+        "1 for the reason the last run of the background scan failed: bind_failed, tls_failed, "
+        "timeout, unreachable, not_found, search_failed or error.",
+        labels=["scan", "reason"],
+    )
     if runner is None:
-        yield from (last_success, success, duration, objects)
+        yield from (last_success, success, failure, duration, objects)
         return
     for scan in runner.scans:
         if scan.interval(settings) is None:
@@ -150,9 +156,11 @@ def scan_metrics(
         state = runner.states.get(scan.name) or ScanState()
         last_success.add_metric([scan.name], state.last_success)
         success.add_metric([scan.name], 1 if state.success else 0)
+        if state.last_attempt and not state.success:
+            failure.add_metric([scan.name, state.reason], 1)
         duration.add_metric([scan.name], state.duration)
         objects.add_metric([scan.name], state.objects)
-    yield from (last_success, success, duration, objects)
+    yield from (last_success, success, failure, duration, objects)
     for scan in runner.scans:
         if scan.interval(settings) is not None:
             yield from scan.emit(runner.states.get(scan.name) or ScanState(), settings, inventory)

@@ -10,12 +10,24 @@ import dns.exception
 import dns.rdatatype
 import dns.resolver
 
-from .config import Settings
+from .config import DnsSettings, Settings
 from .servers import Role, Server
 
-__all__ = ["discover_domain_controllers", "srv_names"]
+__all__ = [
+    "DiscoveryError",
+    "discover_domain_controllers",
+    "make_resolver",
+    "resolve_address",
+    "srv_names",
+]
 
 log = logging.getLogger(__name__)
+
+
+class DiscoveryError(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 def srv_names(domain: str) -> tuple[str, ...]:
@@ -23,8 +35,7 @@ def srv_names(domain: str) -> tuple[str, ...]:
     return (f"_ldap._tcp.dc._msdcs.{domain}", f"_kerberos._tcp.{domain}")
 
 
-def _resolver(settings: Settings) -> dns.asyncresolver.Resolver:
-    configured = settings.dns
+def make_resolver(configured: DnsSettings) -> dns.asyncresolver.Resolver:
     resolver = dns.asyncresolver.Resolver(configure=not configured.nameservers)
     if configured.nameservers:
         resolver.nameservers = list(configured.nameservers)
@@ -44,7 +55,8 @@ async def _targets(resolver: dns.asyncresolver.Resolver, name: str) -> list[str]
     ]
 
 
-async def _address(resolver: dns.asyncresolver.Resolver, name: str) -> str | None:
+async def resolve_address(resolver: dns.asyncresolver.Resolver, name: str) -> str | None:
+    """The first A (else AAAA) record of ``name``; None when DNS says there is none."""
     for rdtype in ("A", "AAAA"):
         try:
             answer = await resolver.resolve(name, rdtype)
@@ -61,15 +73,15 @@ async def discover_domain_controllers(settings: Settings) -> list[Server]:
     Raises when DNS itself fails (no answer, timeout, SERVFAIL), so the caller can keep the
     servers found last time rather than dropping them all.
     """
-    resolver = _resolver(settings)
+    resolver = make_resolver(settings.dns)
     try:
         found = await asyncio.gather(*(_targets(resolver, n) for n in srv_names(settings.domain)))
         names = sorted({name for names in found for name in names})
-        addresses = await asyncio.gather(*(_address(resolver, n) for n in names))
+        addresses = await asyncio.gather(*(resolve_address(resolver, n) for n in names))
     except dns.exception.DNSException as exc:
-        raise RuntimeError(f"DNS discovery failed: {exc}") from exc
+        raise DiscoveryError("dns", f"DNS discovery failed: {exc}") from exc
     if not names:
-        raise RuntimeError(f"no SRV records for {' or '.join(srv_names(settings.domain))}")
+        raise DiscoveryError("dns", f"no SRV records for {' or '.join(srv_names(settings.domain))}")
     for name, address in zip(names, addresses, strict=True):
         if address is None:
             log.warning(

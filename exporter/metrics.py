@@ -104,11 +104,20 @@ class ScrapeCollector:
             "When discovery of servers of this role by this method last succeeded; 0 = never.",
             labels=["role", "method"],
         )
+        failure = GaugeMetricFamily(
+            "exchange_auth_discovery_failure",
+            "1 for the reason the last discovery failed: dns, bind_failed, tls_failed, timeout, "
+            "unreachable, not_found, search_failed, unsupported or error.",
+            labels=["role", "method", "reason"],
+        )
         for d in self._inventory.discoveries:
             success.add_metric([d.role.value, d.method], 1 if d.success else 0)
             last_success.add_metric([d.role.value, d.method], d.last_success)
+            if not d.success:
+                failure.add_metric([d.role.value, d.method, d.reason], 1)
         yield success
         yield last_success
+        yield failure
 
     def _exchange_metrics(self) -> Iterator[Metric]:
         info = GaugeMetricFamily(

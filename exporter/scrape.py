@@ -102,7 +102,7 @@ async def run_scrape(
     loop = asyncio.get_running_loop()
     started = loop.time()
     scrape_deadline = started + budget
-    resolver = Resolver()
+    resolver = Resolver(settings.dns)
     shared = Shared()
     batches: list[tuple[CheckSpec[Any, Any], CheckContext, Any, list[Server]]] = []
     for spec in checks:

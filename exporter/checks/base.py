@@ -13,9 +13,11 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+import dns.exception
 from prometheus_client.core import Metric
 
-from ..config import Settings
+from ..config import DnsSettings, Settings
+from ..dns_discovery import make_resolver, resolve_address
 from ..servers import Server
 
 __all__ = [
@@ -68,11 +70,16 @@ def clock_readings_of(outcome: object) -> Sequence[ClockReading]:
 class Resolver:
     """Name to address, once per scrape per name, so checks on one server share the answer.
 
-    Closed with the scrape: a lookup still running then is cancelled, never left behind.
+    With ``dns.nameservers`` configured, names are looked up there (the AD DNS that knows the
+    servers), else through the host's resolver. Closed with the scrape: a lookup still running
+    then is cancelled, never left behind.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dns_settings: DnsSettings | None = None) -> None:
         self._pending: dict[str, asyncio.Task[str]] = {}
+        self._dns = (
+            make_resolver(dns_settings) if dns_settings and dns_settings.nameservers else None
+        )
 
     async def address(self, server: Server) -> str:
         if server.address:
@@ -91,8 +98,15 @@ class Resolver:
                 task.cancel()
         self._pending.clear()
 
-    @staticmethod
-    async def _lookup(name: str) -> str:
+    async def _lookup(self, name: str) -> str:
+        if self._dns is not None:
+            try:
+                address = await resolve_address(self._dns, name)
+            except dns.exception.DNSException as exc:
+                raise CheckError("dns", f"cannot resolve {name}: {exc}") from None
+            if address is None:
+                raise CheckError("dns", f"{name} has no A or AAAA record")
+            return address
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM)

@@ -44,6 +44,9 @@ def _describe(lab: Lab, seconds: float, config: Path) -> str:
         lines.append(f"  {host.name:<26} {host.address:<13} {host.role:<18} {', '.join(services)}")
     if lab.samba_running:
         lines.append(f"  LDAP user {lab.admin_user}, password in {lab.password_file}")
+        lines.append(f"  Global Catalog {lab.gc_url} (StartTLS) and {lab.gc_ldaps_url}")
+        servers = ", ".join(s.name for s in lab.exchange_directory.servers)
+        lines.append(f"  Exchange servers in AD: {servers}; duplicate SPNs planted")
         lines.append(f"  KRB5_CONFIG={lab.krb5_conf}")
     lines.append(f"  exporter config: {config}")
     lines.append("Stop with Ctrl-C, SIGTERM or `python -m tests.lab down`.")

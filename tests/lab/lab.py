@@ -22,6 +22,12 @@ Samba's internal DNS on dc1 serves the zone ``corp.example.test`` with the recor
 registered: the DC locator ``_ldap._tcp.dc._msdcs``, ``_kerberos._tcp``/``_udp``,
 ``_kpasswd``, ``_gc`` (all naming dc1) and ``dc1 A``. It forwards nothing: a name outside the
 zone gets NXDOMAIN, and no query leaves loopback.
+
+dc1's domain also holds an Exchange organisation (see ``tests/lab/directory.py`` and
+:attr:`Lab.exchange_directory`): a schema subset, servers EXCH1-3 and EDGE1 with receive
+connectors, computer accounts with keys and SPNs, one missing SPN and two duplicates. It is
+written once into the provisioned folder, so it costs nothing per lab. The Exchange servers
+in the directory need no address: only exch1 and exch2 run NTP, and none is in DNS.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ import copy
 import ipaddress
 import logging
 import os
+import re
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -44,10 +52,19 @@ from typing import Any, Literal
 import yaml
 
 from tests.lab.chrony import spawn_chronyd, wait_for_chronyd
+from tests.lab.directory import ExchangeDirectory, exchange_directory
 from tests.lab.errors import LabError
 from tests.lab.faketime import FAKETIME_LIBRARY
 from tests.lab.net import add_loopback_alias, silent_udp_sockets, tcp_accepts
-from tests.lab.procs import ManagedProcess, ProcessRecord, stop_daemons_in_the_way
+from tests.lab.procs import (
+    ManagedProcess,
+    ProcessRecord,
+    command_name,
+    group_members,
+    process_state,
+    stop_daemons_in_the_way,
+    wait_until,
+)
 from tests.lab.samba import (
     DC_PORTS,
     DomainControllerSpec,
@@ -74,6 +91,10 @@ DEAD_DC_TCP_PORTS = (88, 464)
 DEAD_DC_UDP_PORTS = (88, 123, 464)
 
 Role = Literal["domain_controller", "exchange"]
+
+# Samba's prefork model names its LDAP task "ldap[master]" and its workers "ldap(0)".."ldap(3)"
+# (/proc/PID/comm); "cldap[master]" is the UDP netlogon ping, not LDAP.
+_LDAP_TASK = re.compile(r"ldap[\[(]")
 
 
 @dataclass(frozen=True)
@@ -157,6 +178,25 @@ def preflight(*, samba: bool, ntp: bool, skewed_dc: bool = False) -> list[str]:
     return problems
 
 
+class LdapPause:
+    """dc1's LDAP processes stopped by :meth:`Lab.pause_ldap`; leaving a ``with`` resumes them."""
+
+    def __init__(self, lab: Lab, pids: list[int]) -> None:
+        self.lab = lab
+        self.pids = pids
+
+    def __enter__(self) -> LdapPause:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.lab.resume_ldap()
+
+
 def _merged(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in overrides.items():
         if value is None:
@@ -192,6 +232,7 @@ class Lab:
         self.skewed_samba: SambaDC | None = None
         self._ntp: dict[str, ManagedProcess] = {}
         self._dead_dc_sockets: list[socket.socket] = []
+        self._paused_ldap: list[int] = []
         self._use_cache = use_cache
         self._timeout = timeout
         self._state = LabState(
@@ -335,6 +376,10 @@ class Lab:
         problems = []
         for sock in self._dead_dc_sockets:
             sock.close()
+        try:
+            self.resume_ldap()
+        except (LabError, OSError) as exc:
+            problems.append(f"resuming dc1's LDAP: {exc}")
         for process in reversed(self._children()):
             try:
                 process.stop()
@@ -515,6 +560,98 @@ class Lab:
         if self.samba is None:
             raise LabError("this lab runs no Samba DC; start it with samba=True")
         return self.samba.tls_ca_file
+
+    @property
+    def gc_url(self) -> str:
+        """The Global Catalog (the whole forest): plain LDAP, StartTLS before a simple bind."""
+        return f"ldap://{self.dc.address}:3268"
+
+    @property
+    def gc_ldaps_url(self) -> str:
+        """The Global Catalog over TLS from the first byte (Samba serves 3269 too)."""
+        return f"ldaps://{self.dc.address}:3269"
+
+    @property
+    def exchange_directory(self) -> ExchangeDirectory:
+        """What dc1's domain holds for the Exchange checks, as plain data to assert against.
+
+        Exchange servers EXCH1..3 (members, with receive connectors) and EDGE1 (Edge, no
+        account) under :attr:`ExchangeDirectory.exchange_dn`; the accounts and every SPN they
+        hold; :attr:`ExchangeDirectory.duplicate_spns`. Available without a running DC.
+        """
+        return exchange_directory(self.domain)
+
+    def account_password(self, sam_account_name: str) -> str:
+        """The password (so the keys) of an account of :attr:`exchange_directory`, e.g. EXCH1$."""
+        samba = self.samba or self.skewed_samba
+        if samba is None:
+            raise LabError("this lab runs no Samba DC; start it with samba=True")
+        return samba.account_passwords[
+            self.exchange_directory.account(sam_account_name).sam_account_name
+        ]
+
+    def ldap_pids(self) -> list[int]:
+        """dc1's Samba processes that serve LDAP (389, 636, GC 3268/3269).
+
+        Under the prefork model dc1 uses, the LDAP task's master and its workers: pausing them
+        leaves the KDC, DNS and RPC answering. (Under ``process model = single`` everything
+        is the one root process, so stopping LDAP would stop the KDC too.)
+        """
+        if self.samba is None or self.samba.process is None or self._stopped:
+            raise LabError("dc1's Samba is not running; start the lab with samba=True")
+        pids = [
+            pid
+            for pid in group_members(self.samba.process.pid)
+            if _LDAP_TASK.match(command_name(pid))
+        ]
+        if not pids:
+            raise LabError(
+                f"no LDAP process found among samba's (pgid {self.samba.process.pid}); "
+                "is it running the prefork process model?"
+            )
+        return sorted(pids)
+
+    def pause_ldap(self) -> LdapPause:
+        """SIGSTOP dc1's LDAP processes: LDAP(S) and GC then accept TCP connections (up to the
+        listen backlog of 10; later SYNs go unanswered) and never answer, while Kerberos and DNS
+        still do. Returns once every one of them is stopped.
+
+        Use as ``with lab.pause_ldap(): ...`` (resumed on leaving the block), or call
+        :meth:`resume_ldap` yourself; stopping the lab resumes them too.
+        """
+        pids = self.ldap_pids()
+        self._paused_ldap = sorted({*self._paused_ldap, *pids})
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        wait_until(
+            lambda: all(process_state(pid) in ("T", None) for pid in pids),
+            timeout=5.0,
+            what="dc1's LDAP processes to stop",
+            interval=0.01,
+        )
+        log.info("paused dc1's LDAP (SIGSTOP to %s)", pids)
+        return LdapPause(self, pids)
+
+    def resume_ldap(self) -> None:
+        """SIGCONT what :meth:`pause_ldap` stopped. Safe to repeat."""
+        pids, self._paused_ldap = self._paused_ldap, []
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                continue
+        if pids:
+            wait_until(
+                lambda: all(process_state(pid) != "T" for pid in pids),
+                timeout=5.0,
+                what="dc1's LDAP processes to continue",
+                interval=0.01,
+            )
+            log.info("resumed dc1's LDAP (SIGCONT to %s)", pids)
+
+    @property
+    def ldap_paused(self) -> bool:
+        return bool(self._paused_ldap)
 
     def failures(self) -> list[str]:
         """One line (plus log tail) per lab daemon that has exited since it started."""

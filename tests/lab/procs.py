@@ -64,6 +64,12 @@ def _is_live(fields: list[str] | None) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")
 
 
+def process_state(pid: int) -> str | None:
+    """The one-letter state in /proc/PID/stat ("S", "R", "T" when stopped, ...); None if gone."""
+    fields = _stat_fields(pid)
+    return fields[0] if fields is not None else None
+
+
 def start_time_of(pid: int) -> int | None:
     """Start time in clock ticks since boot: with the pid, it names one process for good."""
     fields = _stat_fields(pid)
@@ -181,6 +187,8 @@ def stop_record(record: ProcessRecord, *, grace: float = 5.0) -> None:
     if not record.members():
         return
     _signal_group(record.pid, signal.SIGTERM)
+    # A member stopped with SIGSTOP (Lab.pause_ldap) acts on SIGTERM only once continued.
+    _signal_group(record.pid, signal.SIGCONT)
     try:
         wait_until(lambda: not record.members(), timeout=grace, what=record.name, interval=0.05)
         return

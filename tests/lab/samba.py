@@ -25,6 +25,7 @@ from functools import cache
 from pathlib import Path
 
 from tests.lab import faketime
+from tests.lab.directory import ExchangeDirectory, exchange_directory, populate
 from tests.lab.errors import LabError
 from tests.lab.net import (
     DNS_TYPE_SRV,
@@ -39,8 +40,9 @@ from tests.lab.procs import ManagedProcess, wait_until
 log = logging.getLogger("tests.lab")
 
 CACHE_ROOT = Path(os.environ.get("EXCHANGE_AUTH_LAB_CACHE", "/var/tmp/exchange-auth-lab-cache"))
-# Bump when the way a cache entry is built changes, so old entries are not reused.
-CACHE_FORMAT = 1
+# Bump when the way a cache entry is built changes, so old entries are not reused. (The Exchange
+# content written into the domain is in the key through its fingerprint, too.)
+CACHE_FORMAT = 2
 
 # Left out: s3fs (smbd, not needed and it died here), nbt and wrepl (NetBIOS broadcasts),
 # winbindd, ntp_signd (chrony plays NTP), and dnsupdate, which runs samba_dnsupdate against the
@@ -81,6 +83,11 @@ class DomainControllerSpec:
     def fqdn(self) -> str:
         return f"{self.host_name}.{self.dns_domain}"
 
+    @property
+    def exchange_directory(self) -> ExchangeDirectory:
+        """The Exchange schema subset, servers, accounts and SPNs written into the domain."""
+        return exchange_directory(self.dns_domain)
+
     def provision_argv(self, targetdir: Path, admin_password: str) -> list[str]:
         return [
             "samba-tool",
@@ -106,6 +113,7 @@ class DomainControllerSpec:
             "format": CACHE_FORMAT,
             "samba": samba_version(),
             "argv": self.provision_argv(Path("TARGET"), "PASSWORD"),
+            "directory": self.exchange_directory.fingerprint(),
         }
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -154,10 +162,27 @@ def _provision_into(spec: DomainControllerSpec, targetdir: Path, admin_password:
         ],
         what="samba-tool user setexpiry",
     )
+    _add_exchange_content(spec, targetdir)
     _write_tls_certificate(spec, targetdir / "private" / "tls")
     # Sockets of the provisioning run: useless later, and cp cannot copy them.
     shutil.rmtree(targetdir / "msg.sock", ignore_errors=True)
     log.info("provisioned %s for %s in %.1f s", spec.realm, spec.fqdn, time.monotonic() - started)
+
+
+# Inside the DC folder, so every copy (dc1, its clone dc2) carries the passwords of its accounts.
+ACCOUNT_PASSWORDS_FILE = Path("private") / "lab-account-passwords.json"
+
+
+def _add_exchange_content(spec: DomainControllerSpec, targetdir: Path) -> None:
+    """The Exchange schema subset, organisation, accounts (with keys) and SPNs, duplicates too."""
+    started = time.monotonic()
+    directory = spec.exchange_directory
+    passwords = {account.sam_account_name: generate_password() for account in directory.accounts}
+    populate(targetdir, directory, passwords)
+    path = targetdir / ACCOUNT_PASSWORDS_FILE
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(passwords, indent=2, sort_keys=True))
+    log.info("added the Exchange content in %.1f s", time.monotonic() - started)
 
 
 def _write_tls_certificate(spec: DomainControllerSpec, tls_dir: Path) -> None:
@@ -381,6 +406,12 @@ class SambaDC:
     @property
     def tls_ca_file(self) -> Path:
         return self.directory / "private" / "tls" / "ca.pem"
+
+    @property
+    def account_passwords(self) -> dict[str, str]:
+        """sAMAccountName -> password of each account in the Exchange directory content."""
+        data: dict[str, str] = json.loads((self.directory / ACCOUNT_PASSWORDS_FILE).read_text())
+        return data
 
     @property
     def log_path(self) -> Path:

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dns.asyncresolver
 import dns.resolver
@@ -21,14 +22,27 @@ import ntplib
 import pytest
 from ldap3 import NONE, SIMPLE, Connection, Server, Tls
 
-from tests.lab import DEFAULT_NETWORK, SKEWED_CLOCK_OFFSET, Host, Lab, LabError, faketime, lab_plan
+from tests.lab import (
+    DEFAULT_NETWORK,
+    SKEWED_CLOCK_OFFSET,
+    Host,
+    Lab,
+    LabError,
+    exchange_directory,
+    faketime,
+    lab_plan,
+)
 from tests.lab.net import (
+    DNS_TYPE_SRV,
     KDC_ERR_C_PRINCIPAL_UNKNOWN,
+    dns_answer_count,
     kdc_error,
     kpasswd_answers,
     loopback_addresses,
     ntp_answers,
+    root_dse_attribute,
 )
+from tests.lab.procs import process_state
 from tests.lab.samba import rewrite_smb_conf
 from tests.lab.state import RUNTIME_DIR
 
@@ -361,6 +375,7 @@ def test_teardown_leaves_no_process_alias_or_folder() -> None:
     assert addresses <= loopback_addresses()
     assert state_file.exists()
     assert lab.dead_dc_running
+    lab.pause_ldap()  # stopping must not wait on SIGSTOPped processes
 
     lab.stop()
 
@@ -420,3 +435,316 @@ def test_down_cleans_up_after_an_owner_that_died() -> None:
     assert [path for pid in left["groups"] for path in faketime.shared_memory_files(pid)] == []
     assert addresses & loopback_addresses() == set()
     assert not Path(left["dir"]).exists()
+
+
+# --- the Exchange content in dc1's domain -----------------------------------------------------
+
+EXCHANGE_SERVER_ATTRIBUTES = [
+    "cn",
+    "networkAddress",
+    "msExchCurrentServerRoles",
+    "serialNumber",
+    "msExchServerSite",
+]
+
+
+def _ldap(lab: Lab, url: str | None = None, *, start_tls: bool = False) -> Connection:
+    """A simple bind as Administrator; ``get_info=NONE``: ldap3 then reads Exchange attributes."""
+    url = url or lab.ldaps_url
+    tls = Tls(validate=ssl.CERT_NONE)
+    server = Server(url, use_ssl=url.startswith("ldaps:"), get_info=NONE, tls=tls)
+    conn = Connection(
+        server,
+        user=lab.admin_user,
+        password=lab.password_file.read_text(),
+        authentication=SIMPLE,
+        receive_timeout=10,
+    )
+    conn.open()
+    if start_tls:
+        assert conn.start_tls(), conn.result
+    assert conn.bind(), conn.result
+    return conn
+
+
+def _entries(conn: Connection) -> list[dict[str, Any]]:
+    return [e for e in conn.response or [] if e["type"] == "searchResEntry"]
+
+
+def _all_spns(conn: Connection, base: str) -> dict[str, list[str]]:
+    """sAMAccountName -> its servicePrincipalName values, for every holder under ``base``."""
+    entries = conn.extend.standard.paged_search(
+        base,
+        "(servicePrincipalName=*)",
+        attributes=["sAMAccountName", "servicePrincipalName"],
+        paged_size=3,  # several pages even in the lab
+        generator=False,
+    )
+    return {
+        e["attributes"]["sAMAccountName"][0]: list(e["attributes"]["servicePrincipalName"])
+        for e in entries
+        if e["type"] == "searchResEntry"
+    }
+
+
+def test_the_exchange_directory_plan() -> None:
+    directory = exchange_directory("corp.example.test")
+    config = "CN=Configuration,DC=corp,DC=example,DC=test"
+    assert directory.exchange_dn == f"CN=Microsoft Exchange,CN=Services,{config}"
+    assert directory.servers_dn == (
+        "CN=Servers,CN=Exchange Administrative Group (FYDIBOHF23SPDLT),"
+        f"CN=Administrative Groups,CN=Corp,CN=Microsoft Exchange,CN=Services,{config}"
+    )
+    assert [
+        (s.name, s.fqdn, s.roles, s.version, s.member, s.account) for s in directory.servers
+    ] == [
+        ("EXCH1", "exch1.corp.example.test", 38, "Version 15.2 (Build 1544.4)", True, "EXCH1$"),
+        ("EXCH2", "exch2.corp.example.test", 38, "Version 15.2 (Build 1258.12)", True, "EXCH2$"),
+        ("EXCH3", "exch3.corp.example.test", 16439, "Version 15.1 (Build 2507.6)", True, "EXCH3$"),
+        ("EDGE1", "edge1.perimeter.example.test", 64, "Version 15.2 (Build 1544.4)", False, None),
+    ]
+    assert {s.site for s in directory.servers} == {f"CN=Default-First-Site-Name,CN=Sites,{config}"}
+    assert {c.name: c.security_flags for c in directory.receive_connectors} == {
+        "Default EXCH1": 29,
+        "Default Frontend EXCH1": 29,
+        "Default EXCH2": 13,  # ExchangeServer (0x10) missing
+        "Default Frontend EXCH2": 29,
+        "Default EXCH3": 29,
+        "Default Frontend EXCH3": 29,
+    }
+    assert [c.name for c in directory.receive_connectors if not c.exchange_server_auth] == [
+        "Default EXCH2"
+    ]
+    assert directory.server("exch1").expected_spns == (
+        "SMTP/EXCH1",
+        "SMTP/exch1.corp.example.test",
+        "SMTPSVC/EXCH1",
+        "SMTPSVC/exch1.corp.example.test",
+    )
+    assert directory.server("EDGE1").expected_spns == ()
+    assert {s.name: directory.missing_spns(s.name) for s in directory.members} == {
+        "EXCH1": (),
+        "EXCH2": ("SMTPSVC/exch2.corp.example.test",),
+        "EXCH3": (),
+    }
+    assert [d.owner_dns for d in directory.duplicate_spns] == [
+        (
+            "CN=EXCH3,CN=Computers,DC=corp,DC=example,DC=test",
+            "CN=OLDEXCH,CN=Computers,DC=corp,DC=example,DC=test",
+        ),
+        (
+            "CN=EXCH3,CN=Computers,DC=corp,DC=example,DC=test",
+            "CN=svc-legacy,CN=Users,DC=corp,DC=example,DC=test",
+        ),
+    ]
+    assert [(d.spn, d.holders, d.case_only) for d in directory.duplicate_spns] == [
+        (
+            "smtp/exch3.corp.example.test",
+            (
+                ("EXCH3$", "SMTP/exch3.corp.example.test"),
+                ("OLDEXCH$", "smtp/EXCH3.corp.example.test"),
+            ),
+            True,
+        ),
+        (
+            "smtpsvc/exch3.corp.example.test",
+            (
+                ("EXCH3$", "SMTPSVC/exch3.corp.example.test"),
+                ("svc-legacy", "SMTPSVC/exch3.corp.example.test"),
+            ),
+            False,
+        ),
+    ]
+
+
+def test_exchange_servers_are_found_under_the_exchange_container(lab: Lab) -> None:
+    directory = lab.exchange_directory
+    conn = _ldap(lab)
+    try:
+        conn.search(
+            directory.exchange_dn,
+            "(objectCategory=msExchExchangeServer)",
+            attributes=EXCHANGE_SERVER_ATTRIBUTES,
+        )
+        found = {e["dn"]: e["attributes"] for e in _entries(conn)}
+    finally:
+        conn.unbind()
+    assert set(found) == {s.dn for s in directory.servers}
+    for server in directory.servers:
+        attributes = found[server.dn]
+        assert attributes["networkAddress"] == list(server.network_addresses)
+        assert f"ncacn_ip_tcp:{server.fqdn}" in attributes["networkAddress"]
+        # Without the schema (get_info=NONE) ldap3 hands back every value as text.
+        assert attributes["msExchCurrentServerRoles"] == [str(server.roles)]
+        assert attributes["serialNumber"] == [server.version]
+        assert attributes["msExchServerSite"] == [server.site]
+
+
+def test_receive_connectors_carry_their_security_flags(lab: Lab) -> None:
+    directory = lab.exchange_directory
+    conn = _ldap(lab)
+    try:
+        conn.search(
+            directory.exchange_dn,
+            "(objectCategory=msExchSmtpReceiveConnector)",
+            attributes=["cn", "msExchSMTPReceiveInboundSecurityFlag"],
+        )
+        found = {
+            e["dn"]: int(e["attributes"]["msExchSMTPReceiveInboundSecurityFlag"][0])
+            for e in _entries(conn)
+        }
+    finally:
+        conn.unbind()
+    assert found == {c.dn: c.security_flags for c in directory.receive_connectors}
+    edge = directory.server("EDGE1")
+    assert not any(dn.endswith(edge.dn) for dn in found)
+
+
+def test_each_account_holds_exactly_its_planned_spns(lab: Lab) -> None:
+    directory = lab.exchange_directory
+    conn = _ldap(lab)
+    try:
+        held = _all_spns(conn, directory.domain_dn)
+        conn.search(
+            directory.domain_dn,
+            "(|"
+            + "".join(f"(sAMAccountName={a.sam_account_name})" for a in directory.accounts)
+            + ")",
+            attributes=["sAMAccountName", "dNSHostName", "userAccountControl"],
+        )
+        accounts = {e["attributes"]["sAMAccountName"][0]: e for e in _entries(conn)}
+    finally:
+        conn.unbind()
+    for account in directory.accounts:
+        name = account.sam_account_name
+        assert sorted(held[name]) == sorted(account.spns), name  # exact values, letter case too
+        assert accounts[name]["dn"] == account.dn
+        attributes = accounts[name]["attributes"]
+        assert (attributes.get("dNSHostName") or [None])[0] == account.dns_host_name
+        assert int(attributes["userAccountControl"][0]) & 0x2 == 0, f"{name} is disabled"
+    for server in directory.members:
+        present = directory.present_spns(server.name)
+        assert {spn: spn in held[f"{server.name}$"] for spn in server.expected_spns} == present
+    # Provisioning's own accounts hold SPNs too, none of them Exchange's.
+    assert {"DC1$", "krbtgt"} <= set(held)
+    assert len(held) == len(directory.accounts) + 2
+
+
+@pytest.mark.parametrize("where", ["ldaps-636", "gc-3268-starttls", "gc-3269-ldaps"])
+def test_duplicate_spns_are_visible_over_ldap_and_the_global_catalog(lab: Lab, where: str) -> None:
+    directory = lab.exchange_directory
+    if where == "ldaps-636":
+        conn, base = _ldap(lab), directory.domain_dn
+    elif where == "gc-3268-starttls":
+        conn, base = _ldap(lab, lab.gc_url, start_tls=True), ""  # "": the whole forest
+    else:
+        conn, base = _ldap(lab, lab.gc_ldaps_url), ""
+    try:
+        held = _all_spns(conn, base)
+    finally:
+        conn.unbind()
+    # Grouped case-insensitively, as `setspn -X -F` does.
+    by_value: dict[str, list[tuple[str, str]]] = {}
+    for account, spns in sorted(held.items()):
+        for spn in spns:
+            by_value.setdefault(spn.lower(), []).append((account, spn))
+    duplicates = {key: sorted(owners) for key, owners in by_value.items() if len(owners) > 1}
+    assert duplicates == {d.spn: sorted(d.holders) for d in directory.duplicate_spns}
+
+
+def test_samba_refuses_a_duplicate_spn_over_ldap(lab: Lab) -> None:
+    # Why the lab writes its duplicates into the partition file: the DC's own check.
+    directory = lab.exchange_directory
+    conn = _ldap(lab)
+    try:
+        ok = conn.modify(  # type: ignore[no-untyped-call]
+            directory.account("EXCH1$").dn,
+            {"servicePrincipalName": [("MODIFY_ADD", ["smtpsvc/EXCH3.corp.example.test"])]},
+        )
+        assert not ok
+        assert conn.result["description"] == "constraintViolation"
+    finally:
+        conn.unbind()
+
+
+def _kerberos_env(lab: Lab, tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KRB5_CONFIG": str(lab.krb5_conf),
+        "KRB5CCNAME": f"FILE:{tmp_path}/cc",
+        "LC_ALL": "C",
+    }
+
+
+def _kinit(principal: str, password: str, env: dict[str, str]) -> None:
+    kinit = subprocess.run(
+        ["kinit", principal],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert kinit.returncode == 0, kinit.stderr
+
+
+def test_service_tickets_follow_the_spns(lab: Lab, tmp_path: Path) -> None:
+    env = _kerberos_env(lab, tmp_path)
+    _kinit(f"Administrator@{lab.realm}", lab.admin_password, env)
+    directory = lab.exchange_directory
+    results: dict[str, bool | str] = {}
+    for server in directory.members:
+        for spn in server.expected_spns:
+            kvno = subprocess.run(
+                ["kvno", spn], capture_output=True, text=True, env=env, timeout=30
+            )
+            results[spn] = kvno.returncode == 0 or kvno.stderr.strip()
+    missing = set(directory.missing_spns("EXCH2"))
+    # EXCH3's SMTP/<fqdn> and SMTPSVC/<fqdn> are held twice (once only in other letter case):
+    # the KDC then finds no single principal, just as for a missing SPN.
+    twice = {f"SMTP/{directory.server('EXCH3').fqdn}", f"SMTPSVC/{directory.server('EXCH3').fqdn}"}
+    assert {d.spn for d in directory.duplicate_spns} == {spn.lower() for spn in twice}
+    for spn, result in results.items():
+        if spn in missing | twice:
+            assert result == (
+                f"kvno: Server not found in Kerberos database while getting credentials for "
+                f"{spn}@{lab.realm}"
+            ), spn
+        else:
+            assert result is True, (spn, result)
+
+
+@pytest.mark.parametrize("account", ["EXCH1$", "OLDEXCH$", "svc-legacy"])
+def test_the_accounts_have_keys_from_their_passwords(
+    lab: Lab, tmp_path: Path, account: str
+) -> None:
+    _kinit(f"{account}@{lab.realm}", lab.account_password(account), _kerberos_env(lab, tmp_path))
+
+
+def test_pausing_ldap_hangs_ldap_while_kerberos_and_dns_answer(lab: Lab) -> None:
+    address = lab.dc.address
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with lab.pause_ldap() as paused:
+        assert lab.ldap_paused
+        assert len(paused.pids) == 5  # the prefork master and its 4 workers
+        assert {process_state(pid) for pid in paused.pids} == {"T"}  # stopped
+        # The kernel still completes TCP handshakes (the listen backlog); nobody answers.
+        with (
+            socket.create_connection((address, 636), timeout=1.0) as sock,
+            pytest.raises(TimeoutError),
+        ):
+            context.wrap_socket(sock)
+        with pytest.raises(TimeoutError):
+            root_dse_attribute(address, "dnsHostName", timeout=0.5)
+        assert kdc_error(address, lab.realm, timeout=1.0)[0] == KDC_ERR_C_PRINCIPAL_UNKNOWN
+        assert dns_answer_count(address, f"_ldap._tcp.dc._msdcs.{lab.domain}", DNS_TYPE_SRV)
+    assert not lab.ldap_paused
+    assert lab.failures() == []
+    conn = _ldap(lab)
+    try:
+        conn.search("", "(objectClass=*)", search_scope="BASE", attributes=["dnsHostName"])
+        assert _entries(conn)[0]["attributes"]["dnsHostName"] == ["dc1.corp.example.test"]
+    finally:
+        conn.unbind()
