@@ -95,7 +95,12 @@ async def _discover(
             exc,
         )
         return kept, Discovery(
-            role, method, False, len(kept), "error", last.last_success if last else 0.0
+            role,
+            method,
+            False,
+            len(kept),
+            str(getattr(exc, "reason", "error")),
+            last.last_success if last else 0.0,
         )
     return found, Discovery(role, method, True, len(found), last_success=time.time())
 
