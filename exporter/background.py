@@ -44,7 +44,8 @@ class Scan(Generic[T]):
 
     name: str
     interval: Callable[[Settings], float | None]  # None: disabled with these settings
-    run: Callable[[Settings, Inventory], Awaitable[T]]
+    # Gets the previous result (None at first): followers of growing files carry state over.
+    run: Callable[[Settings, Inventory, T | None], Awaitable[T]]
     count: Callable[[T], int]
     emit: Callable[[ScanState[T], Settings, Inventory], Iterable[Metric]]
 
@@ -75,7 +76,7 @@ class ScanRunner:
         started = time.monotonic()
         state.last_attempt = time.time()
         try:
-            result = await scan.run(settings, inventory)
+            result = await scan.run(settings, inventory, state.result)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -220,8 +220,13 @@ class QueueSource(_Model):
 
 
 class QueuesCheck(_Model):
-    snapshots: list[QueueSource] = Field(default_factory=list)
-    protocol_logs: list[QueueSource] = Field(default_factory=list)
+    # Files written on each Exchange server and read from a share the exporter mounts.
+    snapshots: list[QueueSource] = Field(default_factory=list)  # path: the snapshot JSON file
+    protocol_logs: list[QueueSource] = Field(default_factory=list)  # path: a ProtocolLog folder
+    poll_interval: Duration = 15.0  # how often snapshots and protocol logs are read
+    # Where protocol-log read positions survive a restart; None keeps them in memory only.
+    state_file: Path | None = None
+    max_line_length: Annotated[int, Field(ge=256, le=1_048_576)] = 16384
 
 
 class Checks(_Model):

@@ -104,7 +104,9 @@ def _account(entry: LdapEntry) -> Account:
     )
 
 
-async def scan_server_accounts(settings: Settings, inventory: Inventory) -> ServerAccounts:
+async def scan_server_accounts(
+    settings: Settings, inventory: Inventory, previous: ServerAccounts | None = None
+) -> ServerAccounts:
     servers = [s for s in inventory.exchange_servers if _needs_account(s)]
     client, base = _search_target(settings)
     assert settings.ldap is not None
@@ -217,7 +219,9 @@ def find_duplicates(
 _warned_scope = False
 
 
-async def scan_duplicates(settings: Settings, inventory: Inventory) -> Duplicates:
+async def scan_duplicates(
+    settings: Settings, inventory: Inventory, previous: Duplicates | None = None
+) -> Duplicates:
     global _warned_scope
     client, base = _search_target(settings)
     assert settings.ldap is not None
