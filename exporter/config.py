@@ -198,6 +198,8 @@ class SmtpCheck(_Model):
     enabled: bool = True
     ports: list[Port] = Field(default_factory=lambda: [25, 2525])
     timeout: Duration = 5.0
+    # The name the probe gives in EHLO; default: this host's name (no DNS lookup for it).
+    ehlo_name: Annotated[str, BeforeValidator(_hostname)] | None = None
 
 
 class SpnCheck(_Model):

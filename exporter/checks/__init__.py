@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..background import Scan
-from . import clock, kerberos, ldap_clock, spn
+from . import clock, kerberos, ldap_clock, smtp, spn
 from .base import CheckSpec
 
 CHECKS: tuple[CheckSpec[Any, Any], ...] = (
     clock.SPEC.erased(),
     kerberos.SPEC.erased(),
     ldap_clock.SPEC.erased(),
+    smtp.SPEC.erased(),
 )
 
 # Background scans: their results are cached and reported by every scrape.

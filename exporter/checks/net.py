@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .base import CheckError
 
-__all__ = ["Exchange", "tcp_exchange", "udp_exchange"]
+__all__ = ["Exchange", "os_error", "tcp_exchange", "udp_exchange"]
 
 _UNREACHABLE = {
     errno.EHOSTUNREACH,
@@ -40,7 +40,7 @@ class Exchange:
         return max(0.0, self.received_at - self.sent_at)
 
 
-def _os_error(exc: OSError, what: str) -> CheckError:
+def os_error(exc: OSError, what: str) -> CheckError:
     if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
         return CheckError("refused", f"{what}: connection refused")
     if exc.errno in _UNREACHABLE:
@@ -73,7 +73,7 @@ async def udp_exchange(address: str, port: int, request: bytes, deadline: float 
         except BlockingIOError:
             return
         except OSError as exc:
-            future.set_exception(_os_error(exc, "udp"))
+            future.set_exception(os_error(exc, "udp"))
             return
         future.set_result(Exchange(data, sent_at, time.time()))
 
@@ -86,7 +86,7 @@ async def udp_exchange(address: str, port: int, request: bytes, deadline: float 
             sent_at = time.time()
             sock.send(request)
         except OSError as exc:
-            raise _os_error(exc, "udp") from None
+            raise os_error(exc, "udp") from None
         try:
             async with asyncio.timeout_at(deadline):
                 return await future
@@ -113,13 +113,13 @@ async def tcp_exchange(
             try:
                 await loop.sock_connect(sock, (address, port))
             except OSError as exc:
-                raise _os_error(exc, "tcp connect") from None
+                raise os_error(exc, "tcp connect") from None
             sent_at = time.time()
             try:
                 await loop.sock_sendall(sock, request)
                 body = await _read_framed(loop, sock, max_reply)
             except OSError as exc:
-                raise _os_error(exc, "tcp") from None
+                raise os_error(exc, "tcp") from None
             return Exchange(body, sent_at, time.time())
     except TimeoutError:
         raise CheckError("timeout", "no complete reply before the deadline") from None
