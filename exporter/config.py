@@ -182,6 +182,8 @@ class ClockCheck(_Model):
     enabled: bool = True
     sources: list[ClockSource] = Field(default_factory=lambda: list(_ALL_CLOCK_SOURCES))
     max_skew: Duration = 300.0
+    # A skew this close to max_skew already counts as a problem: clocks drift on.
+    warning_margin: Annotated[float, BeforeValidator(parse_duration)] = 60.0
     timeout: Duration = 3.0
     ntp_port: Port = 123
 

@@ -18,6 +18,7 @@ from .checks.clock import clock_metrics
 from .config import Settings
 from .inventory import Inventory, Role
 from .scrape import ScrapeResult
+from .verdicts import Evidence, verdict_metrics, verdicts
 
 __all__ = ["ReloadStatus", "ScrapeCollector"]
 
@@ -59,6 +60,8 @@ class ScrapeCollector:
         yield from clock_metrics(readings, settings)
         yield from self._check_metrics()
         yield from scan_metrics(self._scans, settings, self._inventory)
+        states = self._scans.states if self._scans is not None else {}
+        yield from verdict_metrics(verdicts(Evidence(settings, self._inventory, result, states)))
         yield from self._inventory_metrics()
         yield from self._exchange_metrics()
         yield from self._self_metrics()

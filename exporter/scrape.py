@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .checks import CHECKS
@@ -30,6 +31,7 @@ class ScrapeResult:
     runs: dict[str, list[CheckRun[Any]]]
     budget: float  # seconds the scrape was allowed
     duration: float
+    finished_at: float = field(default_factory=time.time)  # Unix time the evidence is from
 
     def all_runs(self) -> list[CheckRun[Any]]:
         return [run for runs in self.runs.values() for run in runs]
