@@ -17,6 +17,7 @@ from aiohttp import web
 from . import __version__
 from .app import Runtime, make_app
 from .config import ConfigError, load_file
+from .diagnose import diagnose_main
 from .log import setup_logging
 
 __all__ = ["main", "parse_listen_address"]
@@ -39,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="exchange-auth-exporter",
         description="Prometheus exporter for the causes of Exchange server-to-server "
-        "Kerberos failures (454 4.7.0 Temporary authentication failure).",
+        "Kerberos failures (454 4.7.0 Temporary authentication failure). "
+        "`exchange-auth-exporter diagnose --help` for a one-off report.",
     )
     parser.add_argument(
         "--config.file", dest="config_file", type=Path, default=Path("exchange-auth-exporter.yml")
@@ -107,6 +109,10 @@ def _raise_file_limit() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["diagnose"]:
+        setup_logging("error", "logfmt")
+        return diagnose_main(argv[1:])
     args = _parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     _raise_file_limit()
