@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -15,7 +14,7 @@ import yaml
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from . import __version__, ldap
+from . import ldap
 from .background import Scan, ScanRunner
 from .checks import CHECKS, SCANS
 from .checks.base import CheckSpec
@@ -23,12 +22,16 @@ from .config import ConfigError, Settings, load_file
 from .inventory import Inventory, build_inventory, refresh_interval
 from .metrics import ReloadStatus, ScrapeCollector
 from .scrape import ScrapeResult, run_scrape, scrape_budget
+from .status_page import render_status_page
+from .verdicts import Evidence, verdicts
 
 __all__ = ["RUNTIME", "Runtime", "make_app"]
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+# The status page reuses Prometheus' last scrape when it is this recent, else scrapes itself.
+STATUS_MAX_AGE = 60.0
 
 
 class Runtime:
@@ -50,6 +53,7 @@ class Runtime:
         self.reload_status = ReloadStatus(successful=True, last_success=time.time())
         self._lock = asyncio.Lock()
         self._inflight: asyncio.Task[ScrapeResult] | None = None
+        self.last_result: ScrapeResult | None = None
         self._inflight_deadline = 0.0
         # How long the last answer took to encode: kept back from the next scrape's budget.
         self.exposition_seconds = 0.0
@@ -195,34 +199,15 @@ async def reload(request: web.Request) -> web.Response:
 
 
 async def landing(request: web.Request) -> web.Response:
+    """The verdict matrix, from the last scrape when it is recent, else from a scrape now."""
     runtime = request.app[RUNTIME]
-    rows = "\n".join(
-        f"<tr><td>{html.escape(s.name)}</td><td>{s.role.value}</td>"
-        f"<td>{html.escape(s.address or '(DNS)')}</td><td>{html.escape(s.origin)}</td></tr>"
-        for s in runtime.inventory.servers
+    result = runtime.last_result
+    if result is None or time.time() - result.finished_at > STATUS_MAX_AGE:
+        result = await runtime.scrape(scrape_budget(None, runtime.settings))
+    evidence = Evidence(runtime.settings, runtime.inventory, result, runtime.scans.states)
+    page = render_status_page(
+        verdicts(evidence), runtime.inventory, runtime.settings.realm, result.finished_at
     )
-    discoveries = "".join(
-        f"<li>{d.role.value} by {html.escape(d.method)}: "
-        f"{'ok, ' + str(d.found) + ' found' if d.success else 'failed (' + html.escape(d.reason) + ')'}</li>"
-        for d in runtime.inventory.discoveries
-    )
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>exchange-auth-exporter</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}</style>
-</head><body>
-<h1>exchange-auth-exporter {html.escape(__version__)}</h1>
-<p>Watches the causes of Exchange server-to-server Kerberos failures
-(454 4.7.0, KB 979174) for realm <b>{html.escape(runtime.settings.realm)}</b>.</p>
-<ul><li><a href="metrics">/metrics</a></li><li><a href="config">/config</a></li>
-<li><a href="-/healthy">/-/healthy</a></li><li><a href="-/ready">/-/ready</a></li></ul>
-<h2>Inventory</h2>
-<table><tr><th>server</th><th>role</th><th>address</th><th>from</th></tr>
-{rows}
-</table>
-<ul>{discoveries}</ul>
-</body></html>
-"""
     return web.Response(text=page, content_type="text/html")
 
 

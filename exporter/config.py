@@ -218,6 +218,12 @@ class DuplicateSpnCheck(_Model):
     refresh_interval: Duration = 1800.0
 
 
+class ReplicationCheck(_Model):
+    enabled: bool = True
+    # Each run reads every DC's inbound replication state: a few LDAP reads per DC.
+    refresh_interval: Duration = 300.0
+
+
 class QueueSource(_Model):
     server: HostName
     path: Path
@@ -239,6 +245,7 @@ class Checks(_Model):
     smtp: SmtpCheck = Field(default_factory=SmtpCheck)
     spn: SpnCheck = Field(default_factory=SpnCheck)
     duplicate_spn: DuplicateSpnCheck = Field(default_factory=DuplicateSpnCheck)
+    replication: ReplicationCheck = Field(default_factory=ReplicationCheck)
     queues: QueuesCheck = Field(default_factory=QueuesCheck)
 
 

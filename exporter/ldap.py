@@ -32,6 +32,7 @@ __all__ = [
     "LdapClient",
     "LdapEntry",
     "LdapError",
+    "LdapRawEntry",
     "LdapTarget",
     "client_for",
     "close_all",
@@ -68,6 +69,20 @@ class LdapEntry:
     def first(self, name: str) -> str | None:
         values = self.attributes.get(name) or []
         return values[0] if values else None
+
+
+@dataclass(frozen=True)
+class LdapRawEntry:
+    """An entry with every value as the bytes the server sent: binary attributes (repsFrom,
+    objectGUID) do not survive the text decoding of :class:`LdapEntry`."""
+
+    dn: str
+    attributes: dict[str, list[bytes]]
+
+    def values(self, name: str) -> list[bytes]:
+        """The values of ``name``, whatever letter case the server spelled it in."""
+        wanted = name.lower()
+        return next((v for k, v in self.attributes.items() if k.lower() == wanted), [])
 
 
 @dataclass(frozen=True)
@@ -238,6 +253,35 @@ class LdapClient:
             connection.search(base, search_filter, ldap3.SUBTREE, attributes=list(attributes))
             return [
                 LdapEntry(item["dn"], _values(item.get("attributes", {})))
+                for item in connection.response or ()
+                if item.get("type") == "searchResEntry"
+            ]
+
+        return self._run(find, deadline)
+
+    def search_raw(
+        self,
+        base: str,
+        search_filter: str,
+        attributes: Sequence[str],
+        deadline: float | None = None,
+        *,
+        base_only: bool = False,
+    ) -> list[LdapRawEntry]:
+        """As :meth:`search`, values as bytes; ``base_only`` reads ``base`` itself (an NC head)
+        instead of the subtree below it."""
+
+        def find(connection: ldap3.Connection) -> list[LdapRawEntry]:
+            scope = ldap3.BASE if base_only else ldap3.SUBTREE
+            connection.search(base, search_filter, scope, attributes=list(attributes))
+            return [
+                LdapRawEntry(
+                    item["dn"],
+                    {
+                        name: [v if isinstance(v, bytes) else str(v).encode() for v in values]
+                        for name, values in (item.get("raw_attributes") or {}).items()
+                    },
+                )
                 for item in connection.response or ()
                 if item.get("type") == "searchResEntry"
             ]

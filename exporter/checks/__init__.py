@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..background import Scan
-from . import clock, kerberos, ldap_clock, smtp, spn
+from . import clock, kerberos, ldap_clock, queue_snapshots, replication, smtp, spn
 from .base import CheckSpec
 
 CHECKS: tuple[CheckSpec[Any, Any], ...] = (
@@ -20,6 +20,11 @@ CHECKS: tuple[CheckSpec[Any, Any], ...] = (
 )
 
 # Background scans: their results are cached and reported by every scrape.
-SCANS: tuple[Scan[Any], ...] = (spn.SERVER_SPN_SCAN, spn.DUPLICATE_SCAN)
+SCANS: tuple[Scan[Any], ...] = (
+    spn.SERVER_SPN_SCAN,
+    spn.DUPLICATE_SCAN,
+    queue_snapshots.QUEUE_SNAPSHOT_SCAN,
+    replication.REPLICATION_SCAN,
+)
 
 __all__ = ["CHECKS", "SCANS"]
