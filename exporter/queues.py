@@ -193,7 +193,7 @@ def _class_of_code(basic: str, enhanced: str) -> ErrorClass | None:
     subject = enhanced.split(".", 1)[1] if enhanced else ""
     if enhanced in _TLS_CODES or subject in _TLS_SUBJECTS:
         return "tls"
-    if basic == "454" and enhanced in ("", "4.7.0"):
+    if basic == "454":  # RFC 4954's temporary authentication failure; TLS ones are out already
         return "auth_temporary"
     if enhanced.startswith("5.7.") or (not enhanced and basic in ("530", "535")):
         return "auth_permanent"

@@ -3,7 +3,7 @@
 set -euo pipefail
 
 packages=(samba samba-ad-dc winbind krb5-user ldb-tools ldap-utils chrony faketime prometheus iproute2
-  prometheus-blackbox-exporter)
+  prometheus-blackbox-exporter chromium)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -1,10 +1,13 @@
 """Shared fixtures: the real lab (tests/lab), started at most once per test session.
 
-``lab`` is the full lab (Samba AD DC, the skewed KDC, the dead DC, NTP servers); ``ntp_lab``
-only needs the NTP servers (and the dead DC, which costs nothing) and reuses whatever lab is
-running, so NTP-only tests never pay for Samba. A session that first needs ``ntp_lab`` and
-later ``lab`` adds the Samba DCs to the running lab. Tests marked
-``@pytest.mark.lab`` get the full lab without naming the fixture.
+``lab`` is the full lab (Samba AD DC, the skewed KDC, the dead DC, NTP servers, the Exchange
+SMTP stand-ins); ``ntp_lab`` only needs the NTP and SMTP servers (and the dead DC; none of them
+costs much) and reuses whatever lab is running, so NTP-only and SMTP-only tests never pay for
+Samba. A session that first needs ``ntp_lab`` and later ``lab`` adds the Samba DCs to the
+running lab. Tests marked ``@pytest.mark.lab`` get the full lab without naming the fixture.
+
+``hostile_smtp_peer`` starts misbehaving SMTP servers (tests/lab/hostile_smtp.py) inside the
+test process, each stopped when the test ends; it needs no lab.
 
 When the lab cannot start (not root, a package missing, a port taken) the tests that need it
 FAIL with the reason: a lab test that silently skips would count as a pass.
@@ -13,12 +16,13 @@ FAIL with the reason: a lab test that silently skips would count as a pass.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 import pytest
 
-from tests.lab import Lab, LabError
+from tests.lab import HostileMode, HostileSmtpPeer, Lab, LabError
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,9 +51,11 @@ class _SessionLab:
             try:
                 if self.lab is None:
                     self._stop_on_sigterm()
-                    self.lab = Lab.start(samba=samba, skewed_dc=samba, dead_dc=True, ntp=True)
+                    self.lab = Lab.start(
+                        samba=samba, skewed_dc=samba, dead_dc=True, ntp=True, smtp=True
+                    )
                 else:
-                    self.lab.ensure(samba=samba, skewed_dc=samba, dead_dc=True, ntp=True)
+                    self.lab.ensure(samba=samba, skewed_dc=samba, dead_dc=True, ntp=True, smtp=True)
             except LabError as exc:
                 # Kept, so every later test fails at once instead of waiting for the same timeout.
                 self.error = f"the lab could not start: {exc}"
@@ -86,13 +92,13 @@ def _session_lab() -> Iterator[_SessionLab]:
 @pytest.fixture(scope="session")
 def lab(_session_lab: _SessionLab) -> Lab:
     """The full lab: Samba AD DC on dc1, Samba KDC on dc2 (+420 s), dead dc9, NTP on dc1, dc2
-    (+420 s), exch1 and exch2 (+420 s)."""
+    (+420 s), exch1 and exch2 (+420 s), SMTP on exch1, exch2 (+420 s) and exch3."""
     return _session_lab.get(samba=True)
 
 
 @pytest.fixture(scope="session")
 def ntp_lab(_session_lab: _SessionLab) -> Lab:
-    """A lab with at least the NTP servers and dc9 running (the full lab if it is already up)."""
+    """A lab with at least the NTP and SMTP servers and dc9 running (the full lab if it is up)."""
     return _session_lab.get(samba=False)
 
 
@@ -100,3 +106,23 @@ def ntp_lab(_session_lab: _SessionLab) -> Lab:
 def _lab_for_marked_tests(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("lab") is not None:
         request.getfixturevalue("lab")
+
+
+@pytest.fixture
+def hostile_smtp_peer() -> Iterator[Callable[..., HostileSmtpPeer]]:
+    """``start(mode, address="127.0.0.1", port=0, **options)`` -> a running HostileSmtpPeer.
+
+    Every peer started through it is stopped when the test ends.
+    """
+    peers: list[HostileSmtpPeer] = []
+
+    def start(
+        mode: HostileMode, address: str = "127.0.0.1", port: int = 0, **options: Any
+    ) -> HostileSmtpPeer:
+        peer = HostileSmtpPeer(mode, address, port, **options)
+        peers.append(peer)
+        return peer.start()
+
+    yield start
+    for peer in reversed(peers):
+        peer.stop()

@@ -64,6 +64,7 @@ REASONS: tuple[str, ...] = (
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="queue-snapshot")
 
 Stamp = tuple[int, int, int]  # (mtime_ns, size, inode): unchanged files are not parsed again
+Pending = dict[str, Future[tuple[Stamp, float, Snapshot | None]]]
 
 
 class ReadError(Exception):
@@ -96,7 +97,19 @@ class ServerSnapshot:
 class QueueSnapshots:
     servers: dict[str, ServerSnapshot]
     # Reads still blocked after READ_TIMEOUT: no second read of that file starts until it ends.
-    stuck: dict[str, Future[tuple[Stamp, float, Snapshot | None]]] = field(default_factory=dict)
+    stuck: Pending = field(default_factory=dict)
+
+    def auth_failures(self, server: str) -> list[str] | None:
+        """Queues of ``server`` whose last error is an authentication failure; None: no snapshot."""
+        found = self.servers.get(server)
+        if found is None or found.snapshot is None:
+            return None
+        return [
+            f"queue {q.name} to {q.next_hop_domain or '?'} ({q.message_count} messages): "
+            f"{q.error.smtp_code} {q.error.enhanced_code} ({q.error.error_class})"
+            for q in found.snapshot.queues
+            if q.error is not None and q.error.error_class in ("auth_temporary", "auth_permanent")
+        ]
 
 
 def read_snapshot_file(
@@ -157,9 +170,6 @@ def _failed(server: str, old: ServerSnapshot, reason: str, detail: str) -> Serve
 
 def _when(moment: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment)) if moment else "never"
-
-
-Pending = dict[str, Future[tuple[Stamp, float, Snapshot | None]]]
 
 
 async def _read_one(
@@ -283,7 +293,7 @@ def _metrics(
         counts.add_metric([server], len(snapshot.queues))
 
         by_error: Counter[tuple[str, str, str]] = Counter(
-            {}
+            {(cls, "", ""): 0 for cls in ERROR_CLASSES}
         )
         for queue in snapshot.queues:
             if queue.error is not None:

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,16 @@ class ExporterProcess:
 
     def signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)
+
+    def scrape_until(self, ready: Callable[[str], bool], timeout: float = 20.0) -> str:
+        """Scrape until ``ready`` holds (e.g. the background scans have reported), or time out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, text = self.get("/metrics", {"X-Prometheus-Scrape-Timeout-Seconds": "5"})
+            assert status == 200
+            if ready(text) or time.monotonic() > deadline:
+                return text
+            time.sleep(0.2)
 
 
 @contextmanager

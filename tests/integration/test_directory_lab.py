@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -49,20 +49,8 @@ def running(tmp_path: Path, config: dict[str, Any], *extra: str) -> Iterator[Exp
         yield exporter
 
 
-def scrape_until(
-    exporter: ExporterProcess, ready: Callable[[str], bool], timeout: float = 20.0
-) -> str:
-    """Scrape until the background scans have reported (they start with the exporter)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status, text = exporter.get("/metrics", {"X-Prometheus-Scrape-Timeout-Seconds": "5"})
-        assert status == 200
-        if ready(text) or time.monotonic() > deadline:
-            return text
-        time.sleep(0.2)
-
-
 def scans_done(text: str) -> bool:
+    """The background SPN scans have reported (they start with the exporter)."""
     return all(
         (value(text, "exchange_auth_last_success_timestamp_seconds", scan=scan) or 0) > 0
         for scan in ("spn", "duplicate_spn")
@@ -72,7 +60,7 @@ def scans_done(text: str) -> bool:
 def test_exchange_servers_and_connectors_are_discovered(lab: Lab, tmp_path: Path) -> None:
     directory = lab.exchange_directory
     with running(tmp_path, directory_config(lab)) as exporter:
-        text = scrape_until(exporter, scans_done)
+        text = exporter.scrape_until(scans_done)
     assert value(text, "exchange_auth_discovery_success", role="exchange", method="ldap") == 1
     info = {s["server"]: s for s in series(text, "exchange_auth_server_info")}
     assert set(info) == {s.fqdn for s in directory.servers}
@@ -101,7 +89,7 @@ def test_exchange_servers_and_connectors_are_discovered(lab: Lab, tmp_path: Path
 def test_spns_of_each_exchange_server_exactly(lab: Lab, tmp_path: Path) -> None:
     directory = lab.exchange_directory
     with running(tmp_path, directory_config(lab)) as exporter:
-        text = scrape_until(exporter, scans_done)
+        text = exporter.scrape_until(scans_done)
     for server in directory.members:
         assert value(text, "exchange_auth_computer_account_found", server=server.fqdn) == 1
         for spn, held in directory.present_spns(server.name).items():
@@ -123,7 +111,7 @@ def test_spns_of_each_exchange_server_exactly(lab: Lab, tmp_path: Path) -> None:
 def test_duplicates_forest_wide_and_case_insensitive_with_owners(lab: Lab, tmp_path: Path) -> None:
     directory = lab.exchange_directory
     with running(tmp_path, directory_config(lab)) as exporter:
-        text = scrape_until(exporter, scans_done)
+        text = exporter.scrape_until(scans_done)
     assert value(text, "exchange_auth_spn_duplicate_scan_scope", scope="forest") == 1
     assert value(text, "exchange_auth_spn_duplicates", service_class="SMTP") == 1
     assert value(text, "exchange_auth_spn_duplicates", service_class="SMTPSVC") == 1
@@ -144,7 +132,7 @@ def test_without_a_global_catalog_the_domain_is_scanned_and_says_so(
 ) -> None:
     config = directory_config(lab, ldap={"global_catalog_url": None})
     with running(tmp_path, config) as exporter:
-        text = scrape_until(exporter, scans_done)
+        text = exporter.scrape_until(scans_done)
         log = exporter.log()
     assert value(text, "exchange_auth_spn_duplicate_scan_scope", scope="domain") == 1
     assert value(text, "exchange_auth_spn_duplicates", service_class="SMTPSVC") == 1
@@ -153,7 +141,7 @@ def test_without_a_global_catalog_the_domain_is_scanned_and_says_so(
 
 def test_the_ldap_clock_of_the_dc(lab: Lab, tmp_path: Path) -> None:
     with running(tmp_path, directory_config(lab)) as exporter:
-        text = scrape_until(exporter, scans_done)
+        text = exporter.scrape_until(scans_done)
     labels = {"server": lab.dc.name, "role": "domain_controller", "source": "ldap"}
     offset = value(text, "exchange_auth_clock_offset_seconds", **labels)
     assert offset is not None
@@ -169,8 +157,7 @@ def test_a_wrong_password_is_bind_failed_and_never_shown(lab: Lab, tmp_path: Pat
     (tmp_path / "wrong-password").write_text(wrong + "\n")
     config = directory_config(lab, ldap={"password_file": str(tmp_path / "wrong-password")})
     with running(tmp_path, config, "--log.level=debug") as exporter:
-        text = scrape_until(
-            exporter,
+        text = exporter.scrape_until(
             lambda t: all(
                 value(t, "exchange_auth_scan_failure", scan=scan, reason="bind_failed") == 1
                 for scan in ("spn", "duplicate_spn")
@@ -201,7 +188,7 @@ def test_a_hung_ldap_server_never_delays_a_scrape_and_cached_results_stay(
     lab: Lab, tmp_path: Path
 ) -> None:
     with running(tmp_path, directory_config(lab)) as exporter:
-        before = scrape_until(exporter, scans_done)
+        before = exporter.scrape_until(scans_done)
         assert value(before, "exchange_auth_spn_duplicates", service_class="SMTPSVC") == 1
         with lab.pause_ldap():
             for _ in range(3):
@@ -225,7 +212,7 @@ def test_a_hung_ldap_server_never_delays_a_scrape_and_cached_results_stay(
                 )
                 == 1
             )
-        after = scrape_until(
-            exporter, lambda t: value(t, "exchange_auth_ldap_up", server=lab.dc.name) == 1
+        after = exporter.scrape_until(
+            lambda t: value(t, "exchange_auth_ldap_up", server=lab.dc.name) == 1
         )
         assert value(after, "exchange_auth_ldap_up", server=lab.dc.name) == 1

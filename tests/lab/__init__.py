@@ -1,10 +1,11 @@
-"""The lab: real Samba AD DC and chronyd servers on loopback aliases, for tests and the demo.
+"""The lab: real Samba AD DC, chronyd and SMTP servers on loopback aliases, for tests and the demo.
 
 from tests.lab import Lab
 
-with Lab.start() as lab:          # or Lab.start(samba=False) for the NTP servers only
+with Lab.start() as lab:          # or Lab.start(samba=False) for the NTP and SMTP servers only
     lab.exporter_config()         # the exporter's config dict for this lab
     lab.dc, lab.skewed_dc, lab.dead_dc, lab.exchange_servers, lab.dns_server
+    lab.smtp_servers              # Exchange SMTP stand-ins exch1..3 on 25 and 2525
     lab.exchange_directory        # Exchange servers, accounts, SPNs, duplicates in dc1's domain
     with lab.pause_ldap(): ...    # dc1's LDAP hangs (SIGSTOP) while Kerberos and DNS answer
 """
@@ -19,13 +20,16 @@ from tests.lab.directory import (
     exchange_directory,
 )
 from tests.lab.errors import LabError
+from tests.lab.hostile_smtp import HOSTILE_MODES, HostileMode, HostileSmtpPeer
 from tests.lab.lab import (
     ADMIN_USER,
+    CUSTOM_SMTP_BANNER,
     DEFAULT_NETWORK,
     DOMAIN,
     NETBIOS_DOMAIN,
     REALM,
     SKEWED_CLOCK_OFFSET,
+    SKEWED_SMTP_UTC_OFFSET,
     Host,
     Lab,
     LabPlan,
@@ -37,20 +41,28 @@ from tests.lab.lab import (
 )
 from tests.lab.procs import ProcessRecord
 from tests.lab.samba import SambaDC
+from tests.lab.smtp import SMTP_FRONTEND_PORT, SMTP_HUB_PORT, SmtpServer
 
 __all__ = [
     "ADMIN_USER",
     "AUTH_EXCHANGE_SERVER",
+    "CUSTOM_SMTP_BANNER",
     "DEFAULT_NETWORK",
     "DOMAIN",
+    "HOSTILE_MODES",
     "NETBIOS_DOMAIN",
     "REALM",
     "SKEWED_CLOCK_OFFSET",
+    "SKEWED_SMTP_UTC_OFFSET",
+    "SMTP_FRONTEND_PORT",
+    "SMTP_HUB_PORT",
     "Account",
     "DuplicateSpn",
     "ExchangeDirectory",
     "ExchangeServer",
     "Host",
+    "HostileMode",
+    "HostileSmtpPeer",
     "Lab",
     "LabError",
     "LabPlan",
@@ -59,6 +71,7 @@ __all__ = [
     "ReceiveConnector",
     "Role",
     "SambaDC",
+    "SmtpServer",
     "address_plan",
     "exchange_directory",
     "lab_plan",

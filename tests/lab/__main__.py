@@ -42,6 +42,18 @@ def _describe(lab: Lab, seconds: float, config: Path) -> str:
         elif lab.ntp_running:
             services.append(f"NTP {host.ntp_offset:+d} s")
         lines.append(f"  {host.name:<26} {host.address:<13} {host.role:<18} {', '.join(services)}")
+    if lab.smtp_running:
+        for smtp in lab.smtp_servers:
+            banner = (
+                f"banner {smtp.custom_banner!r}"
+                if smtp.custom_banner is not None
+                else f"banner clock {smtp.clock_offset:+d} s in {smtp.utc_offset}"
+            )
+            exps = "/".join(map(str, smtp.x_exps_ports)) or "none"
+            lines.append(
+                f"  {smtp.name:<26} {smtp.address:<13} SMTP {'/'.join(map(str, smtp.ports))}"
+                f"{'':<8} {banner}, X-EXPS on {exps}"
+            )
     if lab.samba_running:
         lines.append(f"  LDAP user {lab.admin_user}, password in {lab.password_file}")
         lines.append(f"  Global Catalog {lab.gc_url} (StartTLS) and {lab.gc_ldaps_url}")
@@ -79,6 +91,7 @@ def _run_lab(args: argparse.Namespace, foreground: Foreground) -> int:
             ntp=args.ntp,
             skewed_dc=args.samba and args.skewed_dc,
             dead_dc=args.dead_dc,
+            smtp=args.smtp,
             network=args.network,
             use_cache=args.cache,
         )
@@ -209,8 +222,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             ntp = "answers" if ntp_answers(address, timeout=0.3) else "silent"
             ldaps = "open" if tcp_accepts(address, 636, timeout=0.3) else "closed"
             kdc = "open" if tcp_accepts(address, 88, timeout=0.3) else "closed"
+            smtp = "open" if tcp_accepts(address, 25, timeout=0.3) else "closed"
             alias = "on lo" if address in on_lo else "NOT on lo"
-            print(f"  {address:<13} {alias:<10} NTP {ntp:<8} KDC {kdc:<7} LDAPS {ldaps}")
+            print(
+                f"  {address:<13} {alias:<10} NTP {ntp:<8} KDC {kdc:<7} LDAPS {ldaps:<7} "
+                f"SMTP {smtp}"
+            )
         if not state.owner_alive():
             status = 1
     return status
@@ -236,7 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.add_argument(
             "--no-dead-dc", dest="dead_dc", action="store_false", help="leave dc9 unbound"
         )
-        command.add_argument("--no-ntp", dest="ntp", action="store_false", help="Samba only")
+        command.add_argument("--no-ntp", dest="ntp", action="store_false", help="no chronyd")
+        command.add_argument(
+            "--no-smtp", dest="smtp", action="store_false", help="no Exchange SMTP stand-ins"
+        )
         command.add_argument(
             "--network", default=DEFAULT_NETWORK, help="first three octets (default %(default)s)"
         )

@@ -266,7 +266,8 @@ def exchange_directory(dns_domain: str) -> ExchangeDirectory:
             "15.2 (Build 1258.12)",
             13,
         ),
-        ("EXCH3", ROLES_MAILBOX_2019, "15.1 (Build 2507.6)", 29),
+        # Off here too, matching its SMTP stand-in, which offers no X-EXPS.
+        ("EXCH3", ROLES_MAILBOX_2019, "15.1 (Build 2507.6)", 13),
     )
     servers = []
     for name, roles, build, default_flags in members:

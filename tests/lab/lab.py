@@ -1,4 +1,4 @@
-"""The lab: Samba AD DCs and NTP servers standing in for a domain and its Exchange servers.
+"""The lab: Samba AD DCs, NTP and SMTP servers standing in for a domain and its Exchange servers.
 
 Address plan (``network`` defaults to 127.0.10; every address gets a /32 alias on ``lo``):
 
@@ -8,6 +8,17 @@ Address plan (``network`` defaults to 127.0.10; every address gets a /32 alias o
     dc9.corp.example.test    .19  dead: TCP 88/464 closed (refused), UDP 88/464/123 dropped
     exch1.corp.example.test  .21  chronyd, true clock
     exch2.corp.example.test  .22  chronyd under libfaketime, 420 s (7 min) ahead
+    exch3.corp.example.test  .23  no NTP (as most Exchange servers): SMTP only
+
+Every Exchange address also runs an SMTP stand-in (``tests/lab/smtp_standin.py``, one Python
+process each) on 25 (front end) and 2525 (intra-organisation), speaking like Exchange 2016/2019:
+
+    exch1  true clock, banner date in +0000; X-EXPS GSSAPI NTLM on 2525, not on 25
+    exch2  under libfaketime +420 s like its chronyd, banner date in -0600; X-EXPS on 2525
+    exch3  custom banner "220 mail.corp.example.test ESMTP" (no date); no X-EXPS anywhere
+
+exch3 is in :attr:`Lab.smtp_servers` but not in :attr:`Lab.hosts` or
+:attr:`Lab.exchange_servers`, which list the hosts that answer NTP.
 
 A real DC serves NTP through W32Time; Samba does not serve NTP, so chronyd plays that part on
 the DC's address.
@@ -26,8 +37,9 @@ zone gets NXDOMAIN, and no query leaves loopback.
 dc1's domain also holds an Exchange organisation (see ``tests/lab/directory.py`` and
 :attr:`Lab.exchange_directory`): a schema subset, servers EXCH1-3 and EDGE1 with receive
 connectors, computer accounts with keys and SPNs, one missing SPN and two duplicates. It is
-written once into the provisioned folder, so it costs nothing per lab. The Exchange servers
-in the directory need no address: only exch1 and exch2 run NTP, and none is in DNS.
+written once into the provisioned folder, so it costs nothing per lab. None of the Exchange
+servers is in DNS: their addresses are the static ones above (exch3's only in
+:attr:`Lab.smtp_servers`), and EDGE1 has none.
 """
 
 from __future__ import annotations
@@ -73,6 +85,7 @@ from tests.lab.samba import (
     ports_of,
     provision,
 )
+from tests.lab.smtp import SmtpServer, spawn_smtp_standin, wait_for_smtp_standin
 from tests.lab.state import LabState, clean_up_abandoned_labs, recorded_labs, undo
 
 log = logging.getLogger("tests.lab")
@@ -89,6 +102,10 @@ SKEWED_DC_SERVICES = ("kdc",)
 DEAD_DC_TCP_PORTS = (88, 464)
 # ... and these UDP ports are bound by sockets nobody reads (datagrams vanish, clients time out).
 DEAD_DC_UDP_PORTS = (88, 123, 464)
+# exch3's greeting: an admin replaced Exchange's default banner (Set-ReceiveConnector -Banner).
+CUSTOM_SMTP_BANNER = "220 mail.corp.example.test ESMTP"
+# exch2 writes its banner date in a zone west of UTC, so a parser has to apply the offset.
+SKEWED_SMTP_UTC_OFFSET = "-0600"
 
 Role = Literal["domain_controller", "exchange"]
 
@@ -119,7 +136,8 @@ class LabPlan:
     dc: Host  # the Samba AD DC
     skewed_dc: Host  # a KDC (and NTP server) 420 s ahead
     dead_dc: Host  # answers nothing: not in ``hosts``, ntp_offset meaningless
-    exchange_servers: tuple[Host, ...]
+    exchange_servers: tuple[Host, ...]  # the Exchange servers that serve NTP: exch1, exch2
+    smtp_servers: tuple[SmtpServer, ...] = ()  # every Exchange address's SMTP: exch1..3
 
     @property
     def hosts(self) -> tuple[Host, ...]:
@@ -128,7 +146,8 @@ class LabPlan:
 
     @property
     def addresses(self) -> list[str]:
-        return [host.address for host in (*self.hosts, self.dead_dc)]
+        found = [host.address for host in (*self.hosts, self.dead_dc)]
+        return found + [s.address for s in self.smtp_servers if s.address not in found]
 
 
 def lab_plan(network: str = DEFAULT_NETWORK) -> LabPlan:
@@ -151,6 +170,24 @@ def lab_plan(network: str = DEFAULT_NETWORK) -> LabPlan:
             Host(f"exch1.{DOMAIN}", f"{network}.21", "exchange", 0),
             Host(f"exch2.{DOMAIN}", f"{network}.22", "exchange", SKEWED_CLOCK_OFFSET),
         ),
+        smtp_servers=(
+            SmtpServer(f"exch1.{DOMAIN}", f"{network}.21", serves_ntp=True),
+            SmtpServer(
+                f"exch2.{DOMAIN}",
+                f"{network}.22",
+                clock_offset=SKEWED_CLOCK_OFFSET,
+                utc_offset=SKEWED_SMTP_UTC_OFFSET,
+                serves_ntp=True,
+                # As in AD: "Default EXCH2" has ExchangeServer authentication off.
+                x_exps_ports=(),
+            ),
+            SmtpServer(
+                f"exch3.{DOMAIN}",
+                f"{network}.23",
+                custom_banner=CUSTOM_SMTP_BANNER,
+                x_exps_ports=(),
+            ),
+        ),
     )
 
 
@@ -160,7 +197,7 @@ def address_plan(network: str = DEFAULT_NETWORK) -> tuple[Host, tuple[Host, ...]
     return plan.dc, plan.exchange_servers
 
 
-def preflight(*, samba: bool, ntp: bool, skewed_dc: bool = False) -> list[str]:
+def preflight(*, samba: bool, ntp: bool, skewed_dc: bool = False, smtp: bool = False) -> list[str]:
     """Why the lab cannot run on this machine; empty when it can."""
     problems = []
     if os.geteuid() != 0:
@@ -173,7 +210,7 @@ def preflight(*, samba: bool, ntp: bool, skewed_dc: bool = False) -> list[str]:
     for command, package in commands.items():
         if shutil.which(command) is None:
             problems.append(f"{command} not found: apt-get install {package}")
-    if (ntp or skewed_dc) and not FAKETIME_LIBRARY.exists():
+    if (ntp or skewed_dc or smtp) and not FAKETIME_LIBRARY.exists():
         problems.append(f"{FAKETIME_LIBRARY} not found: apt-get install faketime")
     return problems
 
@@ -228,9 +265,11 @@ class Lab:
         self.skewed_dc = self.plan.skewed_dc
         self.dead_dc = self.plan.dead_dc
         self.exchange_servers = self.plan.exchange_servers
+        self.smtp_servers = self.plan.smtp_servers
         self.samba: SambaDC | None = None
         self.skewed_samba: SambaDC | None = None
         self._ntp: dict[str, ManagedProcess] = {}
+        self._smtp: dict[str, ManagedProcess] = {}
         self._dead_dc_sockets: list[socket.socket] = []
         self._paused_ldap: list[int] = []
         self._use_cache = use_cache
@@ -252,6 +291,7 @@ class Lab:
         ntp: bool = True,
         skewed_dc: bool | None = None,
         dead_dc: bool = True,
+        smtp: bool = True,
         network: str = DEFAULT_NETWORK,
         base_dir: Path | None = None,
         use_cache: bool = True,
@@ -262,12 +302,13 @@ class Lab:
         ``samba``: dc1's Samba AD DC. ``ntp``: chronyd on both DCs and both Exchange servers.
         ``skewed_dc``: dc2's Samba KDC under libfaketime (default: whatever ``samba`` is).
         ``dead_dc``: dc9's silent UDP sockets (held by this process; no daemon).
+        ``smtp``: the SMTP stand-ins of exch1, exch2 (+420 s) and exch3 on 25 and 2525.
         ``network``: first three octets of the addresses, so a second lab can run beside one.
         ``timeout``: seconds each daemon may take to answer before LabError.
         """
         if skewed_dc is None:
             skewed_dc = samba
-        problems = preflight(samba=samba, ntp=ntp, skewed_dc=skewed_dc)
+        problems = preflight(samba=samba, ntp=ntp, skewed_dc=skewed_dc, smtp=smtp)
         if problems:
             raise LabError("the lab cannot run here:\n" + "\n".join(f"  - {p}" for p in problems))
         ours = set(lab_plan(network).addresses)
@@ -284,7 +325,7 @@ class Lab:
         lab._state.save()
         atexit.register(lab.stop)
         try:
-            lab.ensure(samba=samba, ntp=ntp, skewed_dc=skewed_dc, dead_dc=dead_dc)
+            lab.ensure(samba=samba, ntp=ntp, skewed_dc=skewed_dc, dead_dc=dead_dc, smtp=smtp)
         except BaseException:
             lab.stop()
             raise
@@ -297,29 +338,36 @@ class Lab:
         ntp: bool = False,
         skewed_dc: bool = False,
         dead_dc: bool = False,
+        smtp: bool = False,
     ) -> None:
         """Start the named components if they are not running yet (an NTP-only lab can grow DCs)."""
         start_samba = samba and self.samba is None
         start_ntp = ntp and not self._ntp
         start_skewed = skewed_dc and self.skewed_samba is None
         start_dead = dead_dc and not self._dead_dc_sockets
+        start_smtp = smtp and not self._smtp
         components = {
             "samba": start_samba,
             "skewed dc": start_skewed,
             "dead dc": start_dead,
             "ntp": start_ntp,
+            "smtp": start_smtp,
         }
         if not any(components.values()):
             return
         if self._stopped:
             raise LabError("this lab has been stopped; start a new one")
-        problems = preflight(samba=start_samba, ntp=start_ntp, skewed_dc=start_skewed)
+        problems = preflight(
+            samba=start_samba, ntp=start_ntp, skewed_dc=start_skewed, smtp=start_smtp
+        )
         if problems:
             raise LabError("the lab cannot run here:\n" + "\n".join(f"  - {p}" for p in problems))
         started = time.monotonic()
 
         ntp_hosts = self.hosts if start_ntp else ()
+        smtp_servers = self.smtp_servers if start_smtp else ()
         wanted = [("udp", host.address, 123) for host in ntp_hosts]
+        wanted += [("tcp", s.address, port) for s in smtp_servers for port in s.ports]
         if start_samba:
             wanted += [(transport, self.dc.address, port) for transport, port in DC_PORTS]
         if start_skewed:
@@ -352,8 +400,14 @@ class Lab:
             )
             self._record(process)
             self._ntp[host.name] = process
+        for server in smtp_servers:
+            process = spawn_smtp_standin(server, self.directory / f"smtp-{server.short_name}")
+            self._record(process)
+            self._smtp[server.name] = process
         for host in ntp_hosts:
             wait_for_chronyd(self._ntp[host.name], host.address, timeout=self._timeout)
+        for server in smtp_servers:
+            wait_for_smtp_standin(self._smtp[server.name], server, timeout=self._timeout)
         if self.skewed_samba is not None and start_skewed:
             self.skewed_samba.wait_ready(timeout=self._timeout)
         if self.samba is not None and start_samba:
@@ -463,7 +517,7 @@ class Lab:
             for dc in (self.samba, self.skewed_samba)
             if dc is not None and dc.process is not None
         ]
-        return children + list(self._ntp.values())
+        return children + list(self._ntp.values()) + list(self._smtp.values())
 
     def _record(self, process: ManagedProcess) -> None:
         # Saved before waiting for readiness: a crash while waiting must still find it.
@@ -529,6 +583,18 @@ class Lab:
     @property
     def ntp_running(self) -> bool:
         return bool(self._ntp) and not self._stopped
+
+    @property
+    def smtp_running(self) -> bool:
+        """True while the SMTP stand-ins of :attr:`smtp_servers` run."""
+        return bool(self._smtp) and not self._stopped
+
+    def smtp_server(self, name: str) -> SmtpServer:
+        """One of :attr:`smtp_servers` by full or short name ("exch3"), any letter case."""
+        for server in self.smtp_servers:
+            if name.lower() in (server.name.lower(), server.short_name.lower()):
+                return server
+        raise KeyError(f"no SMTP server {name!r} in this lab")
 
     @property
     def password_file(self) -> Path:
@@ -674,7 +740,10 @@ class Lab:
         Every host in :attr:`hosts` is listed: dc1 and dc2 as domain controllers, exch1 and
         exch2 as Exchange servers. dc9, which answers nothing, is not; add it with
         ``domain_controllers={"static": [h.static_entry for h in (*lab.domain_controllers,
-        lab.dead_dc)]}``. Mapping overrides merge into the defaults (``checks={"clock":
+        lab.dead_dc)]}``. Nor is exch3, which serves SMTP but no NTP; list every SMTP server
+        with ``exchange_servers={"static": [s.static_entry for s in lab.smtp_servers]}``
+        (``checks.smtp`` defaults to ports 25 and 2525, as the lab serves). Mapping
+        overrides merge into the defaults (``checks={"clock":
         {"max_skew": "10m"}}`` changes one key); other values (lists too) replace; None removes
         the key.
         """
@@ -708,5 +777,7 @@ class Lab:
         return path
 
     def __repr__(self) -> str:
+        names = {h.name for h in (*self.hosts, self.dead_dc)}
         parts = [f"{h.name}={h.address}" for h in (*self.hosts, self.dead_dc)]
+        parts += [f"{s.name}={s.address}" for s in self.smtp_servers if s.name not in names]
         return f"<Lab {self.directory} {' '.join(parts)}>"

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from tests.lab.errors import LabError
 
@@ -277,6 +278,78 @@ def root_dse_attribute(
         if name.decode().lower() == attribute.lower() and values:
             return _read_ber(values, 0)[1].decode()
     return None
+
+
+# --- SMTP -------------------------------------------------------------------------------------
+
+_SMTP_LINE_LIMIT = 4096
+_SMTP_REPLY_LINES = 100
+
+
+@dataclass(frozen=True)
+class SmtpTranscript:
+    """What an SMTP server said: its greeting and one reply per command (lines without CRLF).
+
+    ``client_address``: our end's address, which the server names in ``Hello [...]``. Towards
+    a lab address it is that address itself (the kernel picks the /32 alias on ``lo`` as the
+    source), not 127.0.0.1.
+    """
+
+    banner: str
+    replies: list[list[str]]
+    client_address: str
+
+
+def _smtp_reply(reader: IO[bytes]) -> list[str]:
+    """One reply: ``250-...`` lines up to the ``250 ...`` one; ValueError if malformed or huge."""
+    lines: list[str] = []
+    while len(lines) < _SMTP_REPLY_LINES:
+        raw = reader.readline(_SMTP_LINE_LIMIT)
+        if not raw:
+            raise ConnectionError("the SMTP server closed the connection")
+        if not raw.endswith(b"\n"):
+            raise ValueError(f"SMTP reply line longer than {_SMTP_LINE_LIMIT} bytes")
+        line = raw.rstrip(b"\r\n").decode("ascii", "replace")
+        lines.append(line)
+        if len(line) < 4 or line[3] != "-":
+            if len(line) < 3 or not line[:3].isdigit():
+                raise ValueError(f"not an SMTP reply: {line!r}")
+            return lines
+    raise ValueError(f"SMTP reply of more than {_SMTP_REPLY_LINES} lines")
+
+
+def smtp_session(
+    address: str,
+    port: int = 25,
+    commands: Iterable[str] = ("EHLO lab-probe.corp.example.test", "QUIT"),
+    timeout: float = 2.0,
+) -> SmtpTranscript:
+    """Connect, read the greeting, send each command and read its reply (no pipelining).
+
+    OSError (TimeoutError, ConnectionError) or ValueError when the server does not answer
+    like an SMTP server; ``timeout`` applies to each read.
+    """
+    with socket.create_connection((address, port), timeout=timeout) as sock:
+        client_address = str(sock.getsockname()[0])
+        reader = sock.makefile("rb")
+        try:
+            banner = _smtp_reply(reader)
+            replies = []
+            for command in commands:
+                sock.sendall(f"{command}\r\n".encode())
+                replies.append(_smtp_reply(reader))
+        finally:
+            reader.close()
+    return SmtpTranscript("\n".join(banner), replies, client_address)
+
+
+def smtp_banner(address: str, port: int = 25, timeout: float = 0.5) -> str | None:
+    """The 220 greeting of address:port (QUIT sent politely after it); None if there is none."""
+    try:
+        transcript = smtp_session(address, port, ("QUIT",), timeout=timeout)
+    except (OSError, ValueError):
+        return None
+    return transcript.banner if transcript.banner.startswith("220") else None
 
 
 # --- DNS --------------------------------------------------------------------------------------

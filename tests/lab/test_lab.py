@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import datetime
+import email.utils
 import json
 import os
+import re
 import socket
 import ssl
 import stat
@@ -23,15 +26,21 @@ import pytest
 from ldap3 import NONE, SIMPLE, Connection, Server, Tls
 
 from tests.lab import (
+    CUSTOM_SMTP_BANNER,
     DEFAULT_NETWORK,
     SKEWED_CLOCK_OFFSET,
+    SMTP_FRONTEND_PORT,
+    SMTP_HUB_PORT,
     Host,
+    HostileSmtpPeer,
     Lab,
     LabError,
+    SmtpServer,
     exchange_directory,
     faketime,
     lab_plan,
 )
+from tests.lab.hostile_smtp import HOSTILE_BANNER
 from tests.lab.net import (
     DNS_TYPE_SRV,
     KDC_ERR_C_PRINCIPAL_UNKNOWN,
@@ -41,9 +50,12 @@ from tests.lab.net import (
     loopback_addresses,
     ntp_answers,
     root_dse_attribute,
+    smtp_banner,
+    smtp_session,
 )
 from tests.lab.procs import process_state
 from tests.lab.samba import rewrite_smb_conf
+from tests.lab.smtp_standin import banner_date, default_banner, ehlo_keywords, parse_utc_offset
 from tests.lab.state import RUNTIME_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -368,9 +380,10 @@ def test_teardown_leaves_no_process_alias_or_folder() -> None:
     lab = Lab.start(network=TEARDOWN_NETWORK)
     pids = lab.pids()
     groups = [record.pid for record in lab.process_records()]
-    addresses = {host.address for host in (*lab.hosts, lab.dead_dc)}
+    addresses = set(lab.plan.addresses)
+    assert f"{TEARDOWN_NETWORK}.23" in addresses  # exch3: SMTP only
     state_file = RUNTIME_DIR / f"{lab.directory.name}.json"
-    assert len(groups) == 6  # samba dc1 + samba dc2 + four chronyd
+    assert len(groups) == 9  # samba dc1 + samba dc2 + four chronyd + three SMTP stand-ins
     assert len(pids) > 6  # dc1's samba forks a process per service
     assert addresses <= loopback_addresses()
     assert state_file.exists()
@@ -396,6 +409,7 @@ print(json.dumps({{
     "dir": str(lab.directory),
     "samba": [p for r in lab.process_records() if r.name.startswith("samba") for p in r.members()],
     "chronyd": [r.pid for r in lab.process_records() if r.name.startswith("chronyd")],
+    "smtp": [r.pid for r in lab.process_records() if r.name.startswith("smtp")],
     "groups": [r.pid for r in lab.process_records()],
 }}), flush=True)
 os._exit(0)  # no atexit, no teardown: as if the test run had been killed
@@ -413,11 +427,13 @@ def test_down_cleans_up_after_an_owner_that_died() -> None:
     )
     assert owner.returncode == 0, owner.stderr
     left = json.loads(owner.stdout)
-    addresses = {f"{CRASH_NETWORK}.{n}" for n in (10, 11, 19, 21, 22)}
+    addresses = {f"{CRASH_NETWORK}.{n}" for n in (10, 11, 19, 21, 22, 23)}
     assert len(left["chronyd"]) == 4
+    assert len(left["smtp"]) == 3
 
-    # Samba's stdin was a pipe from the owner: it stops on its own once the owner is gone.
-    assert _wait_for(lambda: not any(_running(pid) for pid in left["samba"]))
+    # Samba's and the SMTP stand-ins' stdin was a pipe from the owner: they stop on their own
+    # once the owner is gone.
+    assert _wait_for(lambda: not any(_running(pid) for pid in left["samba"] + left["smtp"]))
     # chronyd has no such lifeline: it and the aliases wait for `down`.
     assert all(_running(pid) for pid in left["chronyd"])
     assert addresses <= loopback_addresses()
@@ -509,11 +525,12 @@ def test_the_exchange_directory_plan() -> None:
         "Default Frontend EXCH1": 29,
         "Default EXCH2": 13,  # ExchangeServer (0x10) missing
         "Default Frontend EXCH2": 29,
-        "Default EXCH3": 29,
+        "Default EXCH3": 13,  # as its SMTP stand-in: no X-EXPS
         "Default Frontend EXCH3": 29,
     }
     assert [c.name for c in directory.receive_connectors if not c.exchange_server_auth] == [
-        "Default EXCH2"
+        "Default EXCH2",
+        "Default EXCH3",
     ]
     assert directory.server("exch1").expected_spns == (
         "SMTP/EXCH1",
@@ -748,3 +765,323 @@ def test_pausing_ldap_hangs_ldap_while_kerberos_and_dns_answer(lab: Lab) -> None
         assert _entries(conn)[0]["attributes"]["dnsHostName"] == ["dc1.corp.example.test"]
     finally:
         conn.unbind()
+
+
+# --- the Exchange SMTP stand-ins --------------------------------------------------------------
+
+SMTP_CASES = [(server, port) for server in PLAN.smtp_servers for port in server.ports]
+_DEFAULT_BANNER = re.compile(
+    r"^220 (?P<name>\S+) Microsoft ESMTP MAIL Service ready at (?P<date>.+ (?P<zone>[+-]\d{4}))$"
+)
+
+
+SMTP_CASE_IDS = [f"{server.short_name}-{port}" for server, port in SMTP_CASES]
+
+
+def test_the_smtp_plan() -> None:
+    assert [
+        (s.name, s.address, s.ports, s.clock_offset, s.utc_offset, s.custom_banner, s.serves_ntp)
+        for s in PLAN.smtp_servers
+    ] == [
+        ("exch1.corp.example.test", "127.0.10.21", (25, 2525), 0, "+0000", None, True),
+        ("exch2.corp.example.test", "127.0.10.22", (25, 2525), 420, "-0600", None, True),
+        (
+            "exch3.corp.example.test",
+            "127.0.10.23",
+            (25, 2525),
+            0,
+            "+0000",
+            "220 mail.corp.example.test ESMTP",
+            False,
+        ),
+    ]
+    assert {(s.short_name, port): s.x_exps(port) for s, port in SMTP_CASES} == {
+        ("exch1", 25): False,
+        ("exch1", 2525): True,
+        ("exch2", 25): False,
+        ("exch2", 2525): False,
+        ("exch3", 25): False,
+        ("exch3", 2525): False,
+    }
+    assert [s.banner_clock_offset for s in PLAN.smtp_servers] == [0, 420, None]
+    # exch3 serves no NTP, so it is not among the hosts the NTP checks (and the config) list.
+    assert [s.name for s in PLAN.smtp_servers if s.serves_ntp] == [
+        h.name for h in PLAN.exchange_servers
+    ]
+    assert "127.0.10.23" in PLAN.addresses
+    assert "127.0.10.23" not in {h.address for h in PLAN.hosts}
+
+
+def test_the_stand_ins_ehlo_keywords_follow_exchanges_connectors() -> None:
+    exch1 = PLAN.smtp_servers[0]
+    assert exch1.ehlo_reply(2525) == [
+        "250-exch1.corp.example.test Hello [127.0.10.21]",
+        "250-SIZE 37748736",
+        "250-PIPELINING",
+        "250-DSN",
+        "250-ENHANCEDSTATUSCODES",
+        "250-STARTTLS",
+        "250-X-ANONYMOUSTLS",
+        "250-AUTH NTLM",
+        "250-X-EXPS GSSAPI NTLM",
+        "250-8BITMIME",
+        "250-BINARYMIME",
+        "250-CHUNKING",
+        "250 XRDST",
+    ]
+    assert exch1.ehlo_reply(25) == [
+        "250-exch1.corp.example.test Hello [127.0.10.21]",
+        "250-SIZE 37748736",
+        "250-PIPELINING",
+        "250-DSN",
+        "250-ENHANCEDSTATUSCODES",
+        "250-STARTTLS",
+        "250-AUTH NTLM",
+        "250-8BITMIME",
+        "250-BINARYMIME",
+        "250-CHUNKING",
+        "250 SMTPUTF8",
+    ]
+    assert ehlo_keywords(frontend=False, exchange_auth=False)[-4:] == [
+        "8BITMIME",
+        "BINARYMIME",
+        "CHUNKING",
+        "XRDST",
+    ]
+    with pytest.raises(ValueError, match="not on 587"):
+        exch1.ehlo_keywords(587)
+
+
+def test_banner_dates_are_written_as_exchange_writes_them() -> None:
+    pacific = datetime.timezone(datetime.timedelta(hours=-7))
+    moment = datetime.datetime(2016, 8, 5, 16, 24, 41, tzinfo=pacific)
+    assert banner_date(moment) == "Fri, 5 Aug 2016 16:24:41 -0700"  # day not zero-padded
+    assert default_banner("mail1.fabrikam.com", moment) == (
+        "220 mail1.fabrikam.com Microsoft ESMTP MAIL Service ready at Fri, 5 Aug 2016 16:24:41 -0700"
+    )
+    india = parse_utc_offset("+0530")
+    assert banner_date(datetime.datetime(2026, 11, 29, 17, 10, 5, tzinfo=india)) == (
+        "Sun, 29 Nov 2026 17:10:05 +0530"
+    )
+    assert email.utils.parsedate_to_datetime(banner_date(moment)) == moment
+    for bad in ("0000", "+000", "-0660", "+1500", "UTC"):
+        with pytest.raises(ValueError, match="not \\[\\+-\\]HHMM"):
+            parse_utc_offset(bad)
+
+
+@pytest.mark.parametrize(("planned", "port"), SMTP_CASES, ids=SMTP_CASE_IDS)
+def test_smtp_banners_carry_the_servers_clock(ntp_lab: Lab, planned: SmtpServer, port: int) -> None:
+    server = ntp_lab.smtp_server(planned.name)
+    before = time.time()
+    banner = smtp_banner(server.address, port, timeout=2.0)
+    after = time.time()
+    assert banner is not None
+    if server.custom_banner is not None:
+        assert banner == server.custom_banner == CUSTOM_SMTP_BANNER
+        assert server.banner_clock_offset is None
+        return
+    match = _DEFAULT_BANNER.match(banner)
+    assert match is not None, banner
+    assert match["name"] == server.name
+    assert match["zone"] == server.utc_offset
+    stamp = email.utils.parsedate_to_datetime(match["date"]).timestamp()
+    # Whole seconds: the stamp is up to 1 s behind the instant it was written.
+    assert stamp - (before + after) / 2 == pytest.approx(server.clock_offset, abs=2.0)
+
+
+def test_exch2s_banner_is_seven_minutes_ahead_in_a_zone_west_of_utc(ntp_lab: Lab) -> None:
+    exch2 = ntp_lab.smtp_server("exch2")
+    banner = smtp_banner(exch2.address, SMTP_HUB_PORT, timeout=2.0)
+    match = _DEFAULT_BANNER.match(banner or "")
+    assert match is not None, banner
+    written = email.utils.parsedate_to_datetime(match["date"])
+    assert written.utcoffset() == datetime.timedelta(hours=-6)
+    assert written.timestamp() - time.time() == pytest.approx(SKEWED_CLOCK_OFFSET, abs=2.0)
+    # The same clock as exch2's chronyd.
+    ntp = ntplib.NTPClient().request(exch2.address, version=4, timeout=2).offset
+    assert written.timestamp() - time.time() == pytest.approx(ntp, abs=2.0)
+
+
+@pytest.mark.parametrize(("planned", "port"), SMTP_CASES, ids=SMTP_CASE_IDS)
+def test_smtp_ehlo_offers_x_exps_as_planned(ntp_lab: Lab, planned: SmtpServer, port: int) -> None:
+    server = ntp_lab.smtp_server(planned.name)
+    transcript = smtp_session(server.address, port, ["EHLO probe.corp.example.test", "QUIT"])
+    ehlo, quit_reply = transcript.replies
+    assert ehlo == server.ehlo_reply(port, transcript.client_address)
+    # The lab's /32 alias is the source towards its own address, so Exchange would say so too.
+    assert ehlo[0] == f"250-{server.name} Hello [{server.address}]"
+    assert ("250-X-EXPS GSSAPI NTLM" in ehlo) is server.x_exps(port)
+    assert ("250-X-ANONYMOUSTLS" in ehlo) is server.x_exps(port)
+    assert "250-STARTTLS" in ehlo
+    assert ehlo[-1] == ("250 SMTPUTF8" if port == SMTP_FRONTEND_PORT else "250 XRDST")
+    assert quit_reply == ["221 2.0.0 Service closing transmission channel"]
+
+
+@pytest.mark.parametrize("planned", PLAN.smtp_servers, ids=lambda s: s.short_name)
+def test_smtp_stand_ins_accept_no_mail_and_close_on_quit(ntp_lab: Lab, planned: SmtpServer) -> None:
+    server = ntp_lab.smtp_server(planned.name)
+    with socket.create_connection((server.address, SMTP_HUB_PORT), timeout=2.0) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"220 ")
+        # Pipelined, as PIPELINING promises: the replies come back in order.
+        sock.sendall(
+            b"MAIL FROM:<a@corp.example.test>\r\nEHLO probe\r\nMAIL FROM:<a@corp.example.test>\r\n"
+            b"RCPT TO:<b@corp.example.test>\r\nDATA\r\nSTARTTLS\r\nAUTH NTLM\r\nXYZZY now\r\n"
+            b"NOOP\r\nQUIT\r\n"
+        )
+        lines = [line.decode().rstrip("\r\n") for line in reader]  # to the end: QUIT closes
+    replies = [line for line in lines if not line.startswith("250-")]
+    assert replies == [
+        "503 5.5.2 Send hello first",
+        "250 XRDST",
+        "530 5.7.1 Client was not authenticated",
+        "503 5.5.2 Need mail command",
+        "503 5.5.2 Need rcpt command",
+        "454 4.7.0 TLS not available due to local problem",
+        "504 5.7.4 Unrecognized authentication type",
+        "500 5.3.3 Unrecognized command 'XYZZY'",
+        "250 2.0.0 OK",
+        "221 2.0.0 Service closing transmission channel",
+    ]
+
+
+def test_the_stand_ins_run_like_the_labs_other_daemons(ntp_lab: Lab) -> None:
+    assert ntp_lab.smtp_running
+    records = {r.name: r for r in ntp_lab.process_records() if r.name.startswith("smtp-")}
+    assert sorted(records) == ["smtp-exch1", "smtp-exch2", "smtp-exch3"]
+    for name, record in records.items():
+        assert record.leader_running(), name
+        # exch2 under libfaketime, as its chronyd; the others on the true clock.
+        assert faketime.is_preloaded(record.pid) is (name == "smtp-exch2"), name
+    assert ntp_lab.failures() == []
+    assert ntp_lab.smtp_server("EXCH3") is ntp_lab.smtp_servers[2]
+    with pytest.raises(KeyError):
+        ntp_lab.smtp_server("exch9")
+
+
+def test_exporter_config_can_list_every_smtp_server(ntp_lab: Lab, tmp_path: Path) -> None:
+    from exporter.config import load_file
+
+    entries = [s.static_entry for s in ntp_lab.smtp_servers]
+    config = ntp_lab.exporter_config(exchange_servers={"static": entries})
+    assert config["exchange_servers"] == {"discover": "none", "static": entries}
+    assert entries[-1] == {"name": "exch3.corp.example.test", "address": "127.0.10.23"}
+    path = ntp_lab.write_exporter_config(
+        tmp_path / "exporter.yml", exchange_servers={"static": entries}
+    )
+    settings = load_file(path)
+    assert [e.name for e in settings.exchange_servers.static] == [
+        s.name for s in ntp_lab.smtp_servers
+    ]
+    assert settings.checks.smtp.ports == [SMTP_FRONTEND_PORT, SMTP_HUB_PORT]
+
+
+# --- the hostile SMTP peer --------------------------------------------------------------------
+
+
+def _recv_all(sock: socket.socket, limit: int) -> bytes:
+    """Read until ``limit`` bytes or the end; TimeoutError passes."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = sock.recv(min(1 << 20, limit - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def test_a_silent_peer_sends_nothing_and_notices_the_hang_up() -> None:
+    with HostileSmtpPeer("silent") as peer:
+        with socket.create_connection(peer.endpoint, timeout=0.3) as sock:
+            assert peer.wait_for(lambda p: p.open_connections == 1, timeout=2.0)
+            sock.sendall(b"EHLO probe\r\n")
+            with pytest.raises(TimeoutError):
+                sock.recv(1024)
+        assert peer.wait_for_disconnect(timeout=2.0)
+        assert (peer.accepted, peer.bytes_sent) == (1, 0)
+
+
+def test_a_flooding_peer_sends_ten_mebibytes_without_a_newline() -> None:
+    with HostileSmtpPeer("flood") as peer:
+        with socket.create_connection(peer.endpoint, timeout=2.0) as sock:
+            data = _recv_all(sock, 10 * 1024 * 1024)
+            assert len(data) == 10 * 1024 * 1024
+            assert data.startswith(b"220 x")
+            assert b"\n" not in data and b"\r" not in data
+            sock.settimeout(0.3)
+            with pytest.raises(TimeoutError):  # nothing more, and the connection stays open
+                sock.recv(1)
+        assert peer.wait_for_disconnect(timeout=2.0)
+        assert peer.bytes_sent == 10 * 1024 * 1024
+
+
+def test_a_flooding_peer_stops_when_the_client_gives_up() -> None:
+    with HostileSmtpPeer("flood") as peer:
+        with socket.create_connection(peer.endpoint, timeout=2.0) as sock:
+            assert sock.recv(4096).startswith(b"220 ")
+        assert peer.wait_for_disconnect(timeout=5.0)
+        assert peer.bytes_sent < 10 * 1024 * 1024
+
+
+def test_a_peer_that_resets_at_ehlo() -> None:
+    with HostileSmtpPeer("reset_at_ehlo") as peer:
+        with socket.create_connection(peer.endpoint, timeout=2.0) as sock:
+            reader = sock.makefile("rb")
+            assert reader.readline() == f"{HOSTILE_BANNER}\r\n".encode()
+            sock.sendall(b"EHLO probe.corp.example.test\r\n")
+            with pytest.raises(ConnectionResetError):
+                sock.recv(1024)
+        assert peer.received == [b"EHLO probe.corp.example.test\r\n"]
+        assert peer.wait_for_disconnect(timeout=2.0)
+
+
+def test_a_peer_whose_ehlo_reply_never_ends() -> None:
+    with HostileSmtpPeer("endless_ehlo") as peer:
+        with socket.create_connection(peer.endpoint, timeout=2.0) as sock:
+            reader = sock.makefile("rb")
+            assert reader.readline().startswith(b"220 hostile.corp.example.test Microsoft ESMTP")
+            sock.sendall(b"EHLO probe\r\n")
+            lines = [reader.readline() for _ in range(200_000)]  # about 4 MB
+            reader.close()
+        assert all(line.startswith(b"250-") and line.endswith(b"\r\n") for line in lines)
+        assert peer.wait_for_disconnect(timeout=5.0)
+
+
+def test_a_peer_that_stalls_after_its_banner() -> None:
+    with (
+        HostileSmtpPeer("stall_at_ehlo") as peer,
+        socket.create_connection(peer.endpoint, timeout=2.0) as sock,
+    ):
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"220 ")
+        sock.sendall(b"EHLO probe\r\n")
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(1024)
+        reader.close()
+        assert peer.received == [b"EHLO probe\r\n"]
+
+
+def test_stopping_a_hostile_peer_closes_its_connections_and_its_port() -> None:
+    peer = HostileSmtpPeer("silent", "127.0.0.77")
+    with peer, socket.create_connection(peer.endpoint, timeout=2.0) as sock:
+        assert peer.wait_for(lambda p: p.open_connections == 1, timeout=2.0)
+        peer.stop()
+        assert sock.recv(1024) == b""  # closed by the peer
+    assert peer.open_connections == 0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(peer.endpoint, timeout=1.0).close()
+    with pytest.raises(ValueError, match="unknown mode"):
+        HostileSmtpPeer("rude")  # type: ignore[arg-type]
+
+
+def test_the_hostile_peer_fixture(
+    hostile_smtp_peer: Callable[..., HostileSmtpPeer],
+) -> None:
+    peer = hostile_smtp_peer("flood", flood_bytes=1000)
+    with socket.create_connection(peer.endpoint, timeout=2.0) as sock:
+        assert _recv_all(sock, 1000) == b"220 " + b"x" * 996
+        sock.settimeout(0.2)
+        with pytest.raises(TimeoutError):  # all of it, and the connection stays open
+            sock.recv(1)
+    assert peer.port != 0
