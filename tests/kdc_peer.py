@@ -37,11 +37,19 @@ class KrbErrorWithoutStime(univ.Sequence):
     )
 
 
-def krb_error(code: int, offset: float = 0.0, *, susec: bool = True, stime: bool = True) -> bytes:
+def krb_error(
+    code: int,
+    offset: float = 0.0,
+    *,
+    susec: bool = True,
+    stime: bool = True,
+    at: float | None = None,
+) -> bytes:
+    """A KRB-ERROR as a KDC sends it, its clock ``offset`` seconds ahead (of ``at``, default now)."""
     message = krb5.KrbError() if stime else KrbErrorWithoutStime()
     message["pvno"] = 5
     message["msg-type"] = 30
-    now = datetime.fromtimestamp(time.time() + offset, UTC)
+    now = datetime.fromtimestamp((time.time() if at is None else at) + offset, UTC)
     if stime:
         message["stime"] = now.strftime("%Y%m%d%H%M%SZ")
     if susec:
