@@ -2,8 +2,8 @@
 time series (KB 979174's second cause: an SPN or password change that has not reached every DC).
 
 A background scan, every ``checks.replication.refresh_interval``: each DC of the inventory is
-read over its own LDAP (the ``ldap`` section's credentials and TLS settings, that DC's host and
-``ports.ldap``). Windows DCs describe their neighbors in the rootDSE's constructed
+read over its own LDAP (the ``ldap`` section's credentials and TLS settings; that DC's address,
+else its name, and its ``ports.ldap``). Windows DCs describe their neighbors in the rootDSE's constructed
 ``msDS-ReplAllInboundNeighbors``; Samba leaves it empty, so the ``repsFrom`` values of each
 naming-context head are read instead. Partners are named by the ``dNSHostName`` of the server
 object above their NTDS Settings object, as the DC being read knows it. A DC that cannot be
@@ -44,7 +44,6 @@ from ..protocols.replication import (
     signed_result,
 )
 from ..servers import Server
-from .base import CheckError, Resolver
 
 __all__ = [
     "NEIGHBORS_ATTRIBUTE",
@@ -85,6 +84,15 @@ _RANGE = re.compile(r"range=(\d+)-(\d+|\*)", re.IGNORECASE)
 _DSA_FILTER = "(|(objectClass=server)(objectClass=nTDSDSA))"
 _DSA_ATTRIBUTES = ("objectClass", "objectGUID", "dNSHostName")
 _DN_SPACING = re.compile(r"\s*([,=])\s*")
+# What ldap3 and getaddrinfo (glibc, musl, BSD) say of a name that does not resolve.
+_NAME_NOT_FOUND = (
+    "invalid server address",
+    "name or service not known",
+    "nodename nor servname",
+    "no address associated",
+    "temporary failure in name resolution",
+    "name does not resolve",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +133,12 @@ class Replication:
 
 
 def _normal_dn(dn: str) -> str:
-    return _DN_SPACING.sub(r"\1", dn.strip()).casefold()
+    # Called for every server and NTDS Settings object each DC lists: the common case, a DN
+    # as a directory writes it, must stay a single casefold.
+    text = dn.strip()
+    if ", " in text or " ," in text or "= " in text or " =" in text:
+        text = _DN_SPACING.sub(lambda m: m.group(1), text)
+    return text.casefold()
 
 
 def _parent(dn: str) -> str:
@@ -299,17 +312,22 @@ def _single(entry: LdapEntry, name: str) -> str | None:
 # --- the scan -------------------------------------------------------------------------------
 
 
-def _reason(exc: LdapError | CheckError) -> str:
+def _reason(exc: LdapError) -> str:
+    detail = exc.detail.lower()
     # ldap3 names LDAP result 50 in the message only; the search itself reports search_failed.
-    refused = "insufficientaccessrights" in exc.detail.replace(" ", "").lower()
-    if isinstance(exc, LdapError) and exc.reason == "search_failed" and refused:
+    if exc.reason == "search_failed" and "insufficientaccessrights" in detail.replace(" ", ""):
         return "no_rights"
+    if exc.reason == "unreachable" and any(text in detail for text in _NAME_NOT_FOUND):
+        return "dns"
     return exc.reason if exc.reason in REASONS else "error"
 
 
-async def _read(server: Server, base: LdapTarget, resolver: Resolver) -> DcReading:
-    address = await resolver.address(server)
-    target = dataclasses.replace(base.with_host(address), port=server.port("ldap", base.port))
+async def _read(server: Server, base: LdapTarget) -> DcReading:
+    # By name when no address is configured: ldap3 resolves it, and TLS verifies the name the
+    # DC's certificate carries rather than an address it does not.
+    target = dataclasses.replace(
+        base.with_host(server.address or server.name), port=server.port("ldap", base.port)
+    )
     client = client_for(target)
     # Bounds only the wait for a connection an earlier run still holds; each LDAP operation
     # has the ldap.timeout of its own, and the first one that fails ends this DC's reading.
@@ -325,14 +343,13 @@ async def scan_replication(
         raise LdapError("search_failed", "no ldap section configured")
     base = LdapTarget.from_settings(ldap)
     kept = previous.dcs if previous is not None else {}
-    resolver = Resolver(settings.dns)
     limit = asyncio.Semaphore(_PARALLEL_DCS)
 
     async def one(server: Server) -> DcOutcome:
         async with limit:
             try:
-                return DcOutcome(await _read(server, base, resolver))
-            except (LdapError, CheckError) as exc:
+                return DcOutcome(await _read(server, base))
+            except LdapError as exc:
                 reason, detail = _reason(exc), exc.detail
             except Exception as exc:  # a bug on one DC's answer must not hide the other DCs
                 log.exception("reading the replication state of %s failed", server.name)
@@ -349,10 +366,7 @@ async def scan_replication(
         return DcOutcome(reading, reason, detail)
 
     servers = inventory.domain_controllers
-    try:
-        outcomes = await asyncio.gather(*(one(s) for s in servers))
-    finally:
-        resolver.close()
+    outcomes = await asyncio.gather(*(one(s) for s in servers))
     return Replication({s.name: o for s, o in zip(servers, outcomes, strict=True)})
 
 

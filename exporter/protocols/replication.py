@@ -255,7 +255,7 @@ def _xml_time(text: str) -> float | None:
     Also read: fractions, an explicit offset, no zone (taken as UTC), and a bare integer as
     FILETIME ticks (100 ns since 1601), in case a DC writes the raw value. Unreadable: None.
     """
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # isdigit alone takes "²", which int() refuses
         ticks = int(text)
         return float(ticks / 10_000_000 - EPOCH_1601) if ticks > 0 else None
     try:
