@@ -222,6 +222,8 @@ class ReplicationCheck(_Model):
     enabled: bool = True
     # Each run reads every DC's inbound replication state: a few LDAP reads per DC.
     refresh_interval: Duration = 300.0
+    # A partner whose last success is older than this is a problem (repadmin /replsummary's largest delta).
+    stale_after: Duration = 3600.0
 
 
 class QueueSource(_Model):

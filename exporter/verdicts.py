@@ -7,6 +7,7 @@ disagree. Missing evidence is ``unknown`` with the reason, never ``ok``.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from .background import ScanState
 from .checks.base import CheckRun, ClockReading, Failure, clock_readings_of
 from .checks.clock import best_readings
 from .checks.kerberos import KerberosResult
+from .checks.replication import Replication
 from .checks.smtp import SmtpResult
 from .checks.spn import Duplicates, ServerAccounts, expected_spns, short_name
 from .config import Settings
@@ -250,7 +252,13 @@ def _replication(evidence: Evidence, server: Server) -> Verdict:
         return _unknown(
             server, cause, "no_scan", "no replication scan result (not available or not yet run)"
         )
-    problems: list[str] = list(getattr(state.result, "problems", lambda: [])())
+    result = state.result
+    assert isinstance(result, Replication)
+    if not any(outcome.reading is not None for outcome in result.dcs.values()):
+        return _unknown(
+            server, cause, "no_reading", "no domain controller's replication state could be read"
+        )
+    problems = result.problems(evidence.settings.checks.replication.stale_after, time.time())
     if problems:
         return Verdict(
             server.name,

@@ -128,6 +128,25 @@ class DcOutcome:
 class Replication:
     dcs: Mapping[str, DcOutcome]  # by the DC's inventory name
 
+    def problems(self, stale_after: float, now: float) -> list[str]:
+        """What ``repadmin /replsummary`` would flag: failures, stale or never-replicated partners."""
+        found: list[str] = []
+        for dc, outcome in sorted(self.dcs.items()):
+            reading = outcome.reading
+            if reading is None:
+                continue
+            for p in reading.partners:
+                where = f"{dc} <- {p.partner} ({p.naming_context})"
+                if p.consecutive_failures:
+                    found.append(
+                        f"{where}: {p.consecutive_failures} consecutive failures, last result {p.last_result}"
+                    )
+                elif p.last_success is None:
+                    found.append(f"{where}: has never replicated")
+                elif now - p.last_success > stale_after:
+                    found.append(f"{where}: last success {int(now - p.last_success)} s ago")
+        return found
+
 
 # --- who is who ------------------------------------------------------------------------------
 

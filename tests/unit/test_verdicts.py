@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ from exporter.checks.base import CheckRun, ClockReading, Failure
 from exporter.checks.clock import NtpResult
 from exporter.checks.kerberos import KerberosResult
 from exporter.checks.kerberos import PortResult as KerberosPort
+from exporter.checks.queue_snapshots import QueueSnapshots, ServerSnapshot
+from exporter.checks.replication import DcOutcome, DcReading, PartnerState, Replication
 from exporter.checks.smtp import PortResult as SmtpPort
 from exporter.checks.smtp import SmtpResult
 from exporter.checks.spn import Account, Duplicates, ServerAccounts
@@ -18,6 +21,7 @@ from exporter.config import Settings, load_text
 from exporter.inventory import Inventory
 from exporter.protocols.krb5 import KerberosReply
 from exporter.protocols.ntp import NtpReading
+from exporter.queues import LastError, Queue, Snapshot
 from exporter.scrape import ScrapeResult
 from exporter.servers import ExchangeDetails, ReceiveConnector, Role, Server
 from exporter.verdicts import Cause, Evidence, State, Verdict, verdict_metrics, verdicts
@@ -250,3 +254,72 @@ def test_metrics_carry_problems_as_1_and_unknowns_separately() -> None:
         )
         == 1
     )
+
+
+def replication_scan(*partners: PartnerState) -> dict[str, ScanState[Any]]:
+    reading = DcReading("repsFrom", partners, 0, 1_795_950_000.0)
+    scans = healthy_scans()
+    scans["replication"] = ScanState(result=Replication({DC.name: DcOutcome(reading)}))
+    return scans
+
+
+def test_replication_failures_and_never_replicated_partners() -> None:
+    now = time.time()
+    ok = PartnerState(
+        "dc2.corp.example.test", "DC=corp,DC=example,DC=test", 0, now - 30, now - 30, 0
+    )
+    assert judge(scans=replication_scan(ok))[Cause.REPLICATION].state is State.OK
+    failing = PartnerState(
+        "dc2.corp.example.test", "DC=corp,DC=example,DC=test", 7, now - 4000, now - 5, 1722
+    )
+    verdict = judge(scans=replication_scan(ok, failing))[Cause.REPLICATION]
+    assert verdict.state is State.PROBLEM
+    assert "7 consecutive failures, last result 1722" in verdict.evidence[0]
+    never = PartnerState(
+        "dc3.corp.example.test", "CN=Configuration,DC=corp,DC=example,DC=test", 0, None, None, 0
+    )
+    assert (
+        "has never replicated"
+        in judge(scans=replication_scan(never))[Cause.REPLICATION].evidence[0]
+    )
+    stale = PartnerState(
+        "dc2.corp.example.test", "DC=corp,DC=example,DC=test", 0, now - 7200, now - 7200, 0
+    )
+    assert (
+        "last success 7200 s ago"
+        in judge(scans=replication_scan(stale))[Cause.REPLICATION].evidence[0]
+    )
+
+
+def test_replication_with_no_dc_read_is_unknown() -> None:
+    scans = healthy_scans()
+    scans["replication"] = ScanState(result=Replication({DC.name: DcOutcome(None, "unreachable")}))
+    verdict = judge(scans=scans)[Cause.REPLICATION]
+    assert (verdict.state, verdict.reason) == (State.UNKNOWN, "no_reading")
+
+
+def test_queues_with_454_are_the_symptom() -> None:
+    error = LastError("auth_temporary", "454", "4.7.0")
+    queue = Queue(
+        "7",
+        "EXCH1",
+        "SmtpDeliveryToMailbox",
+        "Retry",
+        12,
+        "exch2.corp.example.test",
+        "451 4.4.0 ...",
+        error,
+    )
+    snapshot = Snapshot("script", "EXCH1", 1_795_950_000.0, (queue,))
+    scans = healthy_scans()
+    scans["queue_snapshots"] = ScanState(
+        result=QueueSnapshots({EXCH.name: ServerSnapshot(snapshot)})
+    )
+    verdict = judge(scans=scans)[Cause.QUEUE_AUTH_ERRORS]
+    assert verdict.state is State.PROBLEM
+    assert "queue 7 to exch2.corp.example.test (12 messages): 454 4.7.0" in verdict.evidence[0]
+    clean = Snapshot("script", "EXCH1", 1_795_950_000.0, ())
+    scans["queue_snapshots"] = ScanState(result=QueueSnapshots({EXCH.name: ServerSnapshot(clean)}))
+    assert judge(scans=scans)[Cause.QUEUE_AUTH_ERRORS].state is State.OK
+    scans["queue_snapshots"] = ScanState(result=QueueSnapshots({}))
+    assert judge(scans=scans)[Cause.QUEUE_AUTH_ERRORS].state is State.UNKNOWN
