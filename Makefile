@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt bench system-deps venv lab-up lab-down clean
+.PHONY: demo test lint fmt bench mixin system-deps venv lab-up lab-down clean
 
 # The Python environment, rebuilt when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -39,6 +39,10 @@ fmt: venv
 bench: venv
 	$(PY) bench/clock_fanout.py
 	$(PY) bench/kerberos_fanout.py
+
+# Regenerate the monitoring mixin (alerts, recording rules, dashboards) after changing dashboards/.
+mixin: venv
+	$(PY) -m dashboards
 
 lab-up: system-deps venv
 	$(PY) -m tests.lab up

@@ -1,0 +1,33 @@
+"""``python -m dashboards`` writes the generated files; ``--check`` only says which are stale."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .render import HERE, stale, write
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dashboards",
+        description="Generate the monitoring mixin (alerts, recording rules, dashboards).",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 and list the generated files that are out of date",
+    )
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = stale()
+        for relative in problems:
+            print(f"stale: dashboards/{relative} (run `python -m dashboards`)", file=sys.stderr)
+        return 1 if problems else 0
+    for path in write():
+        print(path.relative_to(HERE.parent))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

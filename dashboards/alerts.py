@@ -1,0 +1,417 @@
+"""Alerting rules: one per KB 979174 cause the exporter measures, the symptoms, and the exporter.
+
+Every alert has ``severity``, a ``summary`` and a ``description`` naming the server(s) and the
+value, and a ``runbook_url`` pointing at its section of ``docs/runbook.md``. The symptom alerts
+(queues and protocol logs with 454 4.7.0) list the causes present right now, see
+:mod:`dashboards.attribution`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .attribution import causes_block, spn_owner_query, spn_owner_server
+from .config import MixinConfig, duration
+from .promql import selector
+from .rules import SPN_DUPLICATE_ALERT, unless_edge_pair
+
+Severity = Literal["critical", "warning", "info"]
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    expr: str
+    for_seconds: int
+    severity: Severity
+    summary: str
+    description: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def rule(self, config: MixinConfig) -> dict[str, Any]:
+        return {
+            "alert": self.name,
+            "expr": self.expr,
+            "for": duration(self.for_seconds),
+            "labels": {"severity": self.severity, **self.labels},
+            "annotations": {
+                "summary": self.summary,
+                "description": self.description,
+                "runbook_url": config.runbook(self.name),
+            },
+        }
+
+
+def _seconds(value: str = "$value") -> str:
+    return f'{{{{ printf "%.0f" {value} }}}}s'
+
+
+def _offsets(server: str) -> str:
+    """Every clock reading of ``server`` (a template expression), e.g. ``ntp +420.0s``."""
+    return (
+        "{{ with printf `exchange_auth_clock_offset_seconds{job=%q,server=%q}` $labels.job "
+        f"{server} | query }}}}"
+        '{{ range $i, $s := sortByLabel "source" . }}{{ if $i }}, {{ end }}'
+        '{{ $s.Labels.source }} {{ printf "%+.1f" $s.Value }}s{{ end }}'
+        "{{ else }}no reading{{ end }}"
+    )
+
+
+def _skew_uncertainty() -> str:
+    return (
+        "{{ with printf `exchange_auth_clock_skew_uncertainty_seconds{job=%q,exchange_server=%q,"
+        "domain_controller=%q}` $labels.job $labels.exchange_server $labels.domain_controller"
+        ' | query }} (±{{ . | first | value | printf "%.3f" }}s){{ end }}'
+    )
+
+
+def clock_alerts(config: MixinConfig) -> list[Alert]:
+    skew = selector(config, "exchange_auth_clock_skew_seconds")
+    tolerance = config.kerberos_tolerance_seconds
+    warning = config.skew_warning_seconds
+    offsets = (
+        "Clock readings against the exporter's clock: {{ $labels.exchange_server }} "
+        f"{_offsets('$labels.exchange_server')}; {{{{ $labels.domain_controller }}}} "
+        f"{_offsets('$labels.domain_controller')}."
+    )
+    leap = selector(config, "exchange_auth_ntp_leap")
+    stratum = selector(config, "exchange_auth_ntp_stratum")
+    return [
+        Alert(
+            "ExchangeAuthClockSkewNearTolerance",
+            f"{skew} > {warning}\n{unless_edge_pair(config)}",
+            config.for_.clock_skew_near_limit,
+            "warning",
+            "Clock of {{ $labels.exchange_server }} is "
+            + _seconds()
+            + " from {{ $labels.domain_controller }}, near the "
+            + f"{tolerance}s Kerberos limit",
+            "Exchange server {{ $labels.exchange_server }} and domain controller "
+            "{{ $labels.domain_controller }} are " + _seconds() + _skew_uncertainty() + " apart. "
+            f"Kerberos rejects tickets between clocks more than {tolerance}s apart, and then "
+            "mail queues with 451 4.4.0 / 454 4.7.0; this warns from "
+            f"{warning}s on. " + offsets,
+        ),
+        Alert(
+            "ExchangeAuthClockSkewExceedsTolerance",
+            f"{skew} > {tolerance}\n{unless_edge_pair(config)}",
+            config.for_.clock_skew_over_limit,
+            "critical",
+            "Clock of {{ $labels.exchange_server }} is "
+            + _seconds()
+            + " from {{ $labels.domain_controller }}, beyond the "
+            + f"{tolerance}s Kerberos limit",
+            "Exchange server {{ $labels.exchange_server }} and domain controller "
+            "{{ $labels.domain_controller }} are " + _seconds() + _skew_uncertainty() + " apart, "
+            f"more than the {tolerance}s Kerberos tolerance: tickets issued by this DC are "
+            "rejected (KRB_AP_ERR_SKEW) and server-to-server mail fails with 454 4.7.0. " + offsets,
+        ),
+        Alert(
+            "ExchangeAuthClockUnsynchronised",
+            f"{leap} == 3\nor on (job, instance, server, role)\n"
+            f"({stratum} == 0 or {stratum} == 16)",
+            config.for_.clock_unsynchronised,
+            "warning",
+            "Time service on {{ $labels.server }} is not synchronised",
+            "NTP on {{ $labels.server }} ({{ $labels.role }}) answers with leap indicator "
+            "{{ with printf `exchange_auth_ntp_leap{job=%q,server=%q}` $labels.job $labels.server"
+            ' | query }}{{ . | first | value | printf "%.0f" }}{{ end }} and stratum '
+            "{{ with printf `exchange_auth_ntp_stratum{job=%q,server=%q}` $labels.job "
+            '$labels.server | query }}{{ . | first | value | printf "%.0f" }}{{ end }}: it follows '
+            "no time source (leap 3 = alarm, stratum 0 or 16 = unsynchronised) and will drift "
+            f"until Kerberos' {tolerance}s tolerance is crossed. Its clock readings: "
+            + _offsets("$labels.server")
+            + ".",
+        ),
+    ]
+
+
+def kerberos_alerts(config: MixinConfig) -> list[Alert]:
+    port_up = selector(config, "exchange_auth_kerberos_port_up")
+    kdc_up = selector(config, "exchange_auth_kerberos_port_up", 'port="88"')
+    inconclusive = selector(config, "exchange_auth_kerberos_port_failure", 'reason="inconclusive"')
+    return [
+        Alert(
+            "ExchangeAuthKerberosPortDown",
+            f"{port_up} == 0\nunless on (job, instance, server, port, transport)\n{inconclusive}",
+            config.for_.kerberos_port_down,
+            "warning",
+            "{{ $labels.server }} does not answer "
+            '{{ if eq $labels.port "88" }}Kerberos{{ else }}kpasswd{{ end }} on '
+            "{{ $labels.port }}/{{ $labels.transport }}",
+            "Domain controller {{ $labels.server }} gave the exporter no "
+            '{{ if eq $labels.port "88" }}Kerberos (AS-REQ){{ else }}kpasswd{{ end }} reply on '
+            "port {{ $labels.port }}/{{ $labels.transport }}"
+            "{{ with printf `exchange_auth_kerberos_port_failure{job=%q,server=%q,port=%q,"
+            "transport=%q} == 1` $labels.job $labels.server $labels.port $labels.transport"
+            ' | query }} (reason: {{ . | first | label "reason" }}){{ end }}. '
+            "Exchange servers that pick this DC cannot get tickets over this transport; if a "
+            "firewall blocks it, they fail with 454 4.7.0.",
+        ),
+        Alert(
+            "ExchangeAuthKerberosAllKdcsUnreachable",
+            f"count by (job, instance) (count by (job, instance, server) ({kdc_up}))\n"
+            f"unless on (job, instance)\n({kdc_up} == 1)",
+            config.for_.kerberos_all_kdcs_down,
+            "critical",
+            "No domain controller answers Kerberos on port 88",
+            "None of the {{ $value }} domain controllers probed by {{ $labels.instance }} "
+            "answers Kerberos on port 88 over UDP or TCP. Either every KDC is down or a "
+            "firewall between the exporter and the DCs drops Kerberos; Exchange servers behind "
+            "the same firewall can get no tickets and all server-to-server mail queues with "
+            "454 4.7.0.",
+        ),
+    ]
+
+
+def spn_alerts(config: MixinConfig) -> list[Alert]:
+    account = selector(config, "exchange_auth_computer_account_found")
+    present = selector(config, "exchange_auth_spn_present")
+    owners = selector(
+        config,
+        "exchange_auth_spn_duplicate_owner_info",
+        f'spn=~"(?i)({config.spn_service_classes_regex})/.*"',
+    )
+    return [
+        Alert(
+            "ExchangeAuthComputerAccountMissing",
+            f"{account} == 0",
+            config.for_.computer_account_missing,
+            "critical",
+            "No computer account in AD for {{ $labels.server }}",
+            "The exporter found no computer account for Exchange server {{ $labels.server }} "
+            "(searched by dNSHostName, then by sAMAccountName). Without it the server holds no "
+            "SMTP/SMTPSVC SPNs and no Kerberos keys: other Exchange servers cannot authenticate "
+            "to it and their mail to it fails with 454 4.7.0.",
+        ),
+        Alert(
+            "ExchangeAuthSpnMissing",
+            f"{present} == 0\nunless on (job, instance, server)\n({account} == 0)",
+            config.for_.spn_missing,
+            "critical",
+            "SPN {{ $labels.spn }} missing on {{ $labels.server }}",
+            "The computer account of Exchange server {{ $labels.server }} does not hold the "
+            "SPN {{ $labels.spn }}. Other Exchange servers ask the KDC for a ticket to it when "
+            "they send mail with X-EXPS GSSAPI; without it the KDC answers 'server not found' "
+            "and their mail to {{ $labels.server }} queues with 454 4.7.0.",
+        ),
+        Alert(
+            SPN_DUPLICATE_ALERT,
+            f"count by (job, instance, spn) (\n  {owners}\n) > 1",
+            config.for_.spn_duplicate,
+            "critical",
+            "SPN {{ $labels.spn }} is held by {{ $value }} accounts",
+            "The SPN {{ $labels.spn }}"
+            f"{{{{ with {spn_owner_query()} }}}} of Exchange server "
+            '{{ . | first | label "server" }}{{ end }}'
+            " is registered on {{ $value }} accounts"
+            "{{ with printf `exchange_auth_spn_duplicate_owner_info{job=%q,spn=%q}` "
+            "$labels.job $labels.spn | query }}: "
+            '{{ range $i, $o := sortByLabel "account" . }}{{ if $i }}; {{ end }}'
+            "{{ $o.Labels.account }}{{ end }}{{ end }}. "
+            "The KDC cannot tell whose key to encrypt the ticket with, so Kerberos to that "
+            "server fails (KRB_AP_ERR_MODIFIED on the receiver, 454 4.7.0 for the sender). "
+            "SPNs compare without letter case.",
+            # The Exchange server the SPN belongs to, for routing and for the overview matrix.
+            labels={"server": spn_owner_server()},
+        ),
+    ]
+
+
+def smtp_alerts(config: MixinConfig) -> list[Alert]:
+    advertised = selector(
+        config,
+        "exchange_auth_smtp_exchange_auth_advertised",
+        f'port=~"{config.intra_org_smtp_ports_regex}"',
+    )
+    connector = selector(
+        config,
+        "exchange_auth_receive_connector_exchange_auth_enabled",
+        f'connector!~"{config.receive_connector_ignore_regex}"',
+    )
+    return [
+        Alert(
+            "ExchangeAuthExchangeServerAuthNotAdvertised",
+            f"{advertised} == 0",
+            config.for_.exchange_auth_not_advertised,
+            "critical",
+            "{{ $labels.server }} does not offer X-EXPS GSSAPI on port {{ $labels.port }}",
+            "EHLO on {{ $labels.server }} port {{ $labels.port }} lists no X-EXPS GSSAPI: the "
+            "receive connector behind that port does not take ExchangeServer (Kerberos) "
+            "authentication, so other Exchange servers cannot authenticate and their mail to it "
+            "is refused or treated as anonymous. Receive connectors of {{ $labels.server }} in "
+            "AD:"
+            "{{ with printf `exchange_auth_receive_connector_exchange_auth_enabled{job=%q,"
+            "server=%q}` $labels.job $labels.server | query }}"
+            '{{ range sortByLabel "connector" . }} "{{ .Labels.connector }}" '
+            "ExchangeServer auth {{ if eq .Value 1.0 }}on{{ else }}off{{ end }};{{ end }}"
+            "{{ else }} none known;{{ end }} an 'on' connector that is not advertised means "
+            "another connector answers on this port, or the transport service has not reloaded.",
+        ),
+        Alert(
+            "ExchangeAuthReceiveConnectorExchangeServerAuthDisabled",
+            f"{connector} == 0",
+            config.for_.receive_connector_exchange_auth_disabled,
+            "warning",
+            'Receive connector "{{ $labels.connector }}" on {{ $labels.server }} has '
+            "ExchangeServer authentication off",
+            'Receive connector "{{ $labels.connector }}" of Exchange server {{ $labels.server }} '
+            "does not allow ExchangeServer authentication (bit 0x10 of "
+            "msExchSMTPReceiveInboundSecurityFlag is clear). Exchange servers sending to it "
+            "cannot use X-EXPS GSSAPI and their mail is refused or arrives as anonymous.",
+        ),
+    ]
+
+
+def symptom_alerts(config: MixinConfig) -> list[Alert]:
+    queue_errors = selector(config, "exchange_auth_queue_errors", 'class="auth_temporary"')
+    responses = selector(
+        config,
+        "exchange_auth_smtp_log_responses_total",
+        'smtp_code="454"',
+        'enhanced_code="4.7.0"',
+    )
+    window = config.smtp_log_window
+    causes = causes_block(config)
+    return [
+        Alert(
+            "ExchangeAuthQueueAuthErrors",
+            f"sum by (job, instance, server) ({queue_errors}) > 0",
+            config.for_.queue_auth_errors,
+            "critical",
+            '{{ printf "%.0f" $value }} queue(s) on {{ $labels.server }} fail with 454 4.7.0',
+            '{{ printf "%.0f" $value }} queue(s) on {{ $labels.server }} have the LastError '
+            "454 4.7.0 Temporary authentication failure"
+            "{{ with printf `sum(exchange_auth_queue_messages{job=%q,server=%q} and on (job, "
+            'instance, server, queue) exchange_auth_queue_info{error_class="auth_temporary"})` '
+            '$labels.job $labels.server | query }}, holding {{ . | first | value | printf "%.0f" }}'
+            " messages{{ end }}"
+            "{{ with printf `exchange_auth_queue_info{job=%q,server=%q,"
+            'error_class="auth_temporary"}` $labels.job $labels.server | query }}'
+            ' (queues: {{ range $i, $q := sortByLabel "queue" . }}{{ if $i }}, {{ end }}'
+            "{{ $q.Labels.queue }} to {{ $q.Labels.next_hop_domain }}{{ end }}){{ end }}: "
+            "Kerberos between this server and its next hop fails.\n" + causes,
+        ),
+        Alert(
+            "ExchangeAuthSmtpLogAuthFailures",
+            f"sum by (job, instance, server, direction) (\n  increase({responses}[{window}])\n)"
+            f" > {config.smtp_log_auth_failures_per_window:g}",
+            config.for_.smtp_log_auth_failures,
+            "warning",
+            "{{ $labels.server }} logs 454 4.7.0 when "
+            '{{ if eq $labels.direction "send" }}sending{{ else }}receiving{{ end }}',
+            '{{ if eq $labels.direction "send" }}The servers {{ $labels.server }} sends to '
+            "answered it{{ else }}{{ $labels.server }} answered servers sending to it{{ end }} "
+            '{{ printf "%.0f" $value }} times with 454 4.7.0 Temporary authentication failure in '
+            f"the last {window} ({{{{ $labels.direction }}}} protocol log): "
+            '{{ if eq $labels.direction "send" }}it could get or present no valid Kerberos '
+            "ticket{{ else }}it could not validate the senders' Kerberos tickets{{ end }}.\n"
+            + causes,
+        ),
+    ]
+
+
+def exporter_alerts(config: MixinConfig) -> list[Alert]:
+    up = selector(config, "up")
+    success = selector(config, "exchange_auth_check_success")
+    last_success = "exchange_auth_last_success_timestamp_seconds"
+    named = config.scan_stale_after_seconds
+    stale = []
+    for scan, seconds in named.items():
+        scan_selector = selector(config, last_success, 'scan="' + scan + '"')
+        stale.append(f"(time() - {scan_selector}) > {seconds}")
+    others = selector(config, last_success, 'scan!~"' + "|".join(named) + '"')
+    stale.append(f"(time() - {others}) > {config.scan_stale_after_default_seconds}")
+    return [
+        Alert(
+            "ExchangeAuthExporterDown",
+            f"{up} == 0",
+            config.for_.exporter_down,
+            "critical",
+            "The exchange-auth exporter {{ $labels.instance }} is down",
+            "Prometheus cannot scrape the exchange-auth exporter at {{ $labels.instance }} "
+            "(job {{ $labels.job }}): no cause of Exchange server-to-server authentication "
+            "failures is being watched until it is back.",
+        ),
+        Alert(
+            "ExchangeAuthCheckFailingEverywhere",
+            f"count by (job, instance, check) ({success})\n"
+            f"unless on (job, instance, check)\n({success} == 1)",
+            config.for_.check_failing_everywhere,
+            "warning",
+            "The {{ $labels.check }} check fails for every server",
+            "The {{ $labels.check }} check of {{ $labels.instance }} reached no verdict for any "
+            'of its {{ printf "%.0f" $value }} server(s). One failure everywhere points at the '
+            "exporter's side (its network, DNS, credentials or configuration), not at the "
+            "servers; until it is fixed this cause is not watched.",
+        ),
+        Alert(
+            "ExchangeAuthScanStale",
+            "\nor\n".join(stale),
+            config.for_.scan_stale,
+            "warning",
+            "The {{ $labels.scan }} scan of {{ $labels.instance }} is stale",
+            "The background scan {{ $labels.scan }} of {{ $labels.instance }} "
+            "{{ with printf `exchange_auth_last_success_timestamp_seconds{job=%q,instance=%q,"
+            "scan=%q} == 0` $labels.job $labels.instance $labels.scan | query }}has never "
+            "succeeded{{ else }}last succeeded {{ humanizeDuration $value }} ago{{ end }}"
+            "{{ with printf `exchange_auth_scan_failure{job=%q,instance=%q,scan=%q} == 1` "
+            "$labels.job $labels.instance $labels.scan | query }} (last failure: "
+            '{{ . | first | label "reason" }}){{ end }}. The metrics it feeds (SPNs, '
+            "duplicates, queues) are that old: neither a fix nor a new fault shows.",
+        ),
+        Alert(
+            "ExchangeAuthQueueSnapshotStale",
+            f"{selector(config, 'exchange_auth_queue_snapshot_age_seconds')}"
+            f" > {config.queue_snapshot_stale_after_seconds}",
+            config.for_.queue_snapshot_stale,
+            "warning",
+            "The queue snapshot of {{ $labels.server }} is {{ humanizeDuration $value }} old",
+            "The newest readable queue snapshot of {{ $labels.server }} was taken "
+            "{{ humanizeDuration $value }} ago: the scheduled task writing it "
+            "(Export-QueueSnapshot.ps1) has stopped, or the exporter cannot read the share. "
+            "Queue alerts for this server see old data.",
+        ),
+        Alert(
+            "ExchangeAuthDiscoveryFailing",
+            f"{selector(config, 'exchange_auth_discovery_success')} == 0",
+            config.for_.discovery_failing,
+            "warning",
+            "Discovery of {{ $labels.role }} servers by {{ $labels.method }} fails",
+            "The exporter {{ $labels.instance }} cannot discover {{ $labels.role }} servers by "
+            "{{ $labels.method }}"
+            "{{ with printf `exchange_auth_discovery_failure{job=%q,instance=%q,role=%q,"
+            "method=%q} == 1` $labels.job $labels.instance $labels.role $labels.method"
+            ' | query }} (reason: {{ . | first | label "reason" }}){{ end }}. It keeps probing '
+            "the servers it found before; new or renamed servers are not watched.",
+        ),
+        Alert(
+            "ExchangeAuthConfigReloadFailed",
+            f"{selector(config, 'exchange_auth_config_last_reload_successful')} == 0",
+            config.for_.config_reload_failed,
+            "warning",
+            "The configuration of {{ $labels.instance }} failed to reload",
+            "The last configuration reload of the exporter {{ $labels.instance }} failed; it "
+            "runs with the previous configuration. Its log names every problem.",
+        ),
+    ]
+
+
+def alerts(config: MixinConfig) -> dict[str, list[Alert]]:
+    """Alerts by rule group."""
+    return {
+        "exchange-auth-clock": clock_alerts(config),
+        "exchange-auth-kerberos": kerberos_alerts(config),
+        "exchange-auth-spn": spn_alerts(config),
+        "exchange-auth-smtp": smtp_alerts(config),
+        "exchange-auth-symptoms": symptom_alerts(config),
+        "exchange-auth-exporter": exporter_alerts(config),
+    }
+
+
+def alert_rule_groups(config: MixinConfig) -> list[dict[str, Any]]:
+    return [
+        {"name": group, "rules": [a.rule(config) for a in group_alerts]}
+        for group, group_alerts in alerts(config).items()
+    ]
