@@ -14,6 +14,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 
 def free_port() -> int:
@@ -95,3 +98,18 @@ def exporter_process(config: Path, log_file: Path, *extra: str) -> Iterator[Expo
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def scrape_once(config: dict[str, Any], tmp_path: Path, timeout: str = "5") -> tuple[str, float]:
+    """Start the exporter on ``config``, scrape once with a timeout header, stop it.
+
+    Returns the exposition and how long the scrape took.
+    """
+    path = tmp_path / "exporter.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with exporter_process(path, tmp_path / "exporter.log") as exporter:
+        started = time.monotonic()
+        status, text = exporter.get("/metrics", {"X-Prometheus-Scrape-Timeout-Seconds": timeout})
+        elapsed = time.monotonic() - started
+    assert status == 200, text
+    return text, elapsed

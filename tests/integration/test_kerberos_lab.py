@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.integration.exporter_process import exporter_process
+from tests.integration.exporter_process import scrape_once
 from tests.lab import SKEWED_CLOCK_OFFSET, Lab
 from tests.metrics_text import value
 
@@ -18,14 +16,7 @@ PORTS = [("88", "udp"), ("88", "tcp"), ("464", "udp"), ("464", "tcp")]
 
 
 def scrape(lab: Lab, tmp_path: Path, timeout: str = "5", **overrides: object) -> tuple[str, float]:
-    path = tmp_path / "exporter.yml"
-    path.write_text(yaml.safe_dump(lab.exporter_config(**overrides), sort_keys=False))
-    with exporter_process(path, tmp_path / "exporter.log") as exporter:
-        started = time.monotonic()
-        status, text = exporter.get("/metrics", {"X-Prometheus-Scrape-Timeout-Seconds": timeout})
-        elapsed = time.monotonic() - started
-    assert status == 200
-    return text, elapsed
+    return scrape_once(lab.exporter_config(**overrides), tmp_path, timeout)
 
 
 def test_the_samba_kdc_answers_on_all_four_ports(lab: Lab, tmp_path: Path) -> None:

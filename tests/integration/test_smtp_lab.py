@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.integration.exporter_process import exporter_process
+from tests.integration.exporter_process import scrape_once
 from tests.lab import SKEWED_CLOCK_OFFSET, Lab
 from tests.lab.hostile_smtp import HostileSmtpPeer
 from tests.metrics_text import value
@@ -19,14 +17,7 @@ pytestmark = pytest.mark.lab
 
 
 def scrape(lab: Lab, tmp_path: Path, timeout: str = "5", **overrides: Any) -> tuple[str, float]:
-    path = tmp_path / "exporter.yml"
-    path.write_text(yaml.safe_dump(lab.exporter_config(**overrides), sort_keys=False))
-    with exporter_process(path, tmp_path / "exporter.log") as exporter:
-        started = time.monotonic()
-        status, text = exporter.get("/metrics", {"X-Prometheus-Scrape-Timeout-Seconds": timeout})
-        elapsed = time.monotonic() - started
-    assert status == 200
-    return text, elapsed
+    return scrape_once(lab.exporter_config(**overrides), tmp_path, timeout)
 
 
 def smtp_servers(lab: Lab) -> dict[str, Any]:
