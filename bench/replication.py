@@ -17,6 +17,7 @@ and the two compared partner by partner. That needs a lab with a second DC joine
 (see ``_lab_missing``); without it the bench says what is missing and runs the rest.
 
     python bench/replication.py [--dcs 200] [--ncs 5] [--partners 3] [--rounds 5] [--lab]
+                                [--lab-network 127.0.10]
 """
 
 from __future__ import annotations
@@ -335,22 +336,28 @@ async def _wait_replicating(
         await asyncio.sleep(1.0)
 
 
-def _lab_part(rounds: int) -> None:
+def _lab_part(rounds: int, network: str | None) -> None:
     missing = _lab_missing()
     if missing is not None:
         print(f"\nlab part skipped: {missing}")
         return
-    from tests.lab import Lab
+    from tests.lab import Lab, LabError
 
     start: Callable[..., Any] = Lab.start
-    with start(
-        samba=True,
-        skewed_dc=False,
-        dead_dc=False,
-        ntp=False,
-        smtp=False,
-        **{_LAB_START_OPTION: True},
-    ) as lab:
+    try:
+        lab_context = start(
+            samba=True,
+            skewed_dc=False,
+            dead_dc=False,
+            ntp=False,
+            smtp=False,
+            **{_LAB_START_OPTION: True},
+            **({} if network is None else {"network": network}),
+        )
+    except LabError as exc:  # e.g. a test run's lab on the same addresses
+        print(f"\nlab part failed: {exc}")
+        return
+    with lab_context as lab:
         config = lab.exporter_config(checks={"replication": {"refresh_interval": "5s"}})
         settings = load_text(yaml.safe_dump(config))
         inventory = asyncio.run(build_inventory(settings))
@@ -390,6 +397,10 @@ def main() -> None:
     parser.add_argument("--partners", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5, help="median of this many (default 5)")
     parser.add_argument("--lab", action="store_true", help="also a refresh against the lab's DCs")
+    parser.add_argument(
+        "--lab-network",
+        help="first three octets of the lab's addresses (default: the lab's, 127.0.10)",
+    )
     args = parser.parse_args()
     forest = Forest.make(args.dcs, args.ncs, min(args.partners, args.dcs - 1))
     _parsers(forest, args.rounds)
@@ -399,7 +410,7 @@ def main() -> None:
         "repsFrom, text with a trailing NUL for the XML)."
     )
     if args.lab:
-        _lab_part(args.rounds)
+        _lab_part(args.rounds, args.lab_network)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,13 @@ from typing import Any, Literal
 from .attribution import causes_block, spn_owner_query, spn_owner_server
 from .config import MixinConfig, duration
 from .promql import selector
-from .rules import SPN_DUPLICATE_ALERT, unless_edge_pair
+from .rules import (
+    SPN_DUPLICATE_ALERT,
+    replication_failing_expr,
+    replication_never_succeeded_expr,
+    replication_stale_expr,
+    unless_edge_pair,
+)
 
 Severity = Literal["critical", "warning", "info"]
 
@@ -219,6 +225,138 @@ def spn_alerts(config: MixinConfig) -> list[Alert]:
     ]
 
 
+# The results of repadmin /showrepl met most often, in a few words (docs/runbook.md explains
+# them); keyed by the exporter's names for them (exchange_auth_replication_last_result_info).
+REPLICATION_RESULTS = {
+    "ERROR_NO_LOGON_SERVERS": "no KDC answered to authenticate to the partner",
+    "RPC_S_SERVER_UNAVAILABLE": "the partner does not answer RPC: down, a wrong DNS record or "
+    "a firewall",
+    "ERROR_HOST_DOWN": "the partner is down or unreachable",
+    "ERROR_CONNECTION_REFUSED": "the partner refused the connection: its directory service is "
+    "stopped, or a firewall rejects",
+    "ERROR_DS_DRA_ACCESS_DENIED": "the partner refused replication: rights or the DC's "
+    "computer account",
+    "ERROR_DS_DNS_LOOKUP_FAILURE": "the partner's <DSA GUID>._msdcs name does not resolve",
+    "ERROR_DS_INSUFFICIENT_ATTR_TO_CREATE_OBJECT": "lingering objects",
+    "ERROR_DS_REPL_LIFETIME_EXCEEDED": "no replication for longer than the tombstone lifetime: "
+    "blocked until lingering objects are removed",
+    "SEC_E_WRONG_PRINCIPAL": "a Kerberos ticket for the wrong account: the partner's SPN is "
+    "duplicated or its DNS record points elsewhere",
+    "ERROR_TIME_SKEW": "the clocks of the two DCs are too far apart",
+    "SEC_E_TIME_SKEW": "the clocks of the two DCs are too far apart",
+    "ERROR_FILE_NOT_FOUND": "on Samba: the partner could not be reached",
+}
+
+_PAIR_FORMAT = "{job=%q,instance=%q,domain_controller=%q,partner=%q,naming_context=%q}"
+_PAIR_ARGS = (
+    "$labels.job $labels.instance $labels.domain_controller $labels.partner $labels.naming_context"
+)
+
+
+def _pair_query(metric: str, prefix: str = "") -> str:
+    """``printf `<prefix><metric>{<the alert's pair>}` ... | query``: a template pipeline."""
+    return f"printf `{prefix}{metric}{_PAIR_FORMAT}` {_PAIR_ARGS} | query"
+
+
+def _replication_result() -> str:
+    """`` Last result 1722 RPC_S_SERVER_UNAVAILABLE: <what it means>.`` for the alert's pair."""
+    meanings = "".join(
+        f'{{{{ {"if" if i == 0 else "else if"} eq $r "{name}" }}}}: {meaning}'
+        for i, (name, meaning) in enumerate(REPLICATION_RESULTS.items())
+    )
+    return (
+        f"{{{{ with {_pair_query('exchange_auth_replication_last_result')} }}}}"
+        ' Last result {{ . | first | value | printf "%.0f" }}'
+        f"{{{{ with {_pair_query('exchange_auth_replication_last_result_info')} }}}}"
+        '{{ $r := . | first | label "result" }} {{ $r }}'
+        f"{meanings}{{{{ end }}}}{{{{ end }}}}.{{{{ end }}}}"
+    )
+
+
+def _replication_failures(before: str, after: str = "") -> str:
+    """``<before>N consecutive failures<after>`` for the alert's pair, or nothing."""
+    return (
+        f"{{{{ with {_pair_query('exchange_auth_replication_consecutive_failures')} }}}}"
+        f'{before}{{{{ . | first | value | printf "%.0f" }}}} consecutive failures{after}'
+        "{{ end }}"
+    )
+
+
+def replication_alerts(config: MixinConfig) -> list[Alert]:
+    stale_after = duration(config.replication_stale_after_seconds)
+    pair = "{{ $labels.naming_context }} from {{ $labels.partner }}"
+    why = (
+        " Until it replicates, changes made on {{ $labels.partner }} (an SPN added or removed, "
+        "a computer account's new password) do not reach {{ $labels.domain_controller }}, and "
+        "Kerberos through it fails for the servers concerned (KB 979174 step 2)."
+    )
+    success = selector(config, "exchange_auth_replication_dc_success")
+    return [
+        Alert(
+            "ExchangeAuthReplicationFailing",
+            replication_failing_expr(config),
+            config.for_.replication_failing,
+            "warning",
+            "{{ $labels.domain_controller }} fails to replicate " + pair,
+            "Domain controller {{ $labels.domain_controller }} failed "
+            '{{ printf "%.0f" $value }} consecutive times to replicate ' + pair + " (inbound, "
+            "as repadmin /showrepl shows it)"
+            f"{{{{ with {_pair_query('exchange_auth_replication_last_success_timestamp_seconds', 'time() - ')} }}}}"
+            "; its last success was {{ . | first | value | humanizeDuration }} ago{{ end }}."
+            + _replication_result()
+            + why,
+        ),
+        Alert(
+            "ExchangeAuthReplicationStale",
+            replication_stale_expr(config),
+            config.for_.replication_stale,
+            "warning",
+            "{{ $labels.domain_controller }} last replicated " + pair + " "
+            "{{ humanizeDuration $value }} ago",
+            "Domain controller {{ $labels.domain_controller }} last replicated " + pair + " "
+            "successfully {{ humanizeDuration $value }} ago, more than "
+            f"{stale_after} (the largest delta of repadmin /replsummary)"
+            + _replication_failures(", with ", " since")
+            + "."
+            + _replication_result()
+            + why,
+        ),
+        Alert(
+            "ExchangeAuthReplicationNeverSucceeded",
+            replication_never_succeeded_expr(config),
+            config.for_.replication_never_succeeded,
+            "warning",
+            "{{ $labels.domain_controller }} has never replicated " + pair,
+            "Domain controller {{ $labels.domain_controller }} has tried to replicate "
+            + pair
+            + " but never succeeded: last attempt {{ humanizeDuration $value }} ago"
+            + _replication_failures(", ")
+            + "."
+            + _replication_result()
+            + " Whatever that naming context holds (SPNs, computer accounts and their keys) "
+            "{{ $labels.domain_controller }} knows only from before, or not at all.",
+        ),
+        Alert(
+            "ExchangeAuthReplicationDcUnreadable",
+            f"{success} == 0",
+            config.for_.replication_dc_unreadable,
+            "warning",
+            "The replication state of {{ $labels.domain_controller }} cannot be read",
+            "The exporter {{ $labels.instance }} cannot read the inbound replication state of "
+            "domain controller {{ $labels.domain_controller }} over LDAP"
+            "{{ with printf `exchange_auth_replication_dc_failure{job=%q,instance=%q,"
+            "domain_controller=%q} == 1` $labels.job $labels.instance $labels.domain_controller"
+            ' | query }} (reason: {{ . | first | label "reason" }}){{ end }}. '
+            "{{ with printf `time() - exchange_auth_replication_dc_read_timestamp_seconds{job=%q,"
+            "instance=%q,domain_controller=%q}` $labels.job $labels.instance "
+            "$labels.domain_controller | query }}Its partners are shown as they were at its last "
+            "reading, {{ . | first | value | humanizeDuration }} ago{{ else }}It has never been "
+            "read, so none of its partners is shown{{ end }}: replication trouble on it goes "
+            "unseen until it can be read again.",
+        ),
+    ]
+
+
 def smtp_alerts(config: MixinConfig) -> list[Alert]:
     advertised = selector(
         config,
@@ -402,6 +540,7 @@ def alerts(config: MixinConfig) -> dict[str, list[Alert]]:
     """Alerts by rule group."""
     return {
         "exchange-auth-clock": clock_alerts(config),
+        "exchange-auth-replication": replication_alerts(config),
         "exchange-auth-kerberos": kerberos_alerts(config),
         "exchange-auth-spn": spn_alerts(config),
         "exchange-auth-smtp": smtp_alerts(config),

@@ -44,6 +44,12 @@ class ForDurations:
     receive_connector_exchange_auth_disabled: int = 600
     queue_auth_errors: int = 300
     smtp_log_auth_failures: int = 600
+    # The replication scan reads every DC every 5 minutes (checks.replication.refresh_interval):
+    # a partner down for one scan, or one unread scan, is not yet worth a page.
+    replication_failing: int = 1800
+    replication_stale: int = 600
+    replication_never_succeeded: int = 1800
+    replication_dc_unreadable: int = 900
     exporter_down: int = 300
     check_failing_everywhere: int = 600
     scan_stale: int = 300
@@ -85,6 +91,12 @@ class MixinConfig:
     # keep coming do.
     smtp_log_window: str = "5m"
     smtp_log_auth_failures_per_window: float = 0.0
+
+    # A partner whose last successful inbound replication is older than this is stale (the
+    # "largest delta" of repadmin /replsummary). Keep it equal to the exporter's
+    # checks.replication.stale_after, which its `replication` verdict uses; raise both where
+    # sites replicate on a longer schedule (the inter-site default is every 3 hours).
+    replication_stale_after_seconds: int = 3600
 
     # A background scan older than this is stale (about three refresh intervals).
     scan_stale_after_seconds: dict[str, int] = field(

@@ -1,14 +1,16 @@
 """Grafana dashboards, built with grafana-foundation-sdk's typed builders.
 
-Five dashboards, each with ``datasource``, ``job`` and ``server`` variables:
+Six dashboards, each with ``datasource``, ``job`` and ``server`` variables:
 
-- overview: every Exchange server against every cause (the matrix of
-  ``exchange_auth:exchange_server_cause:severity``), the causes present now, firing alerts and
-  the exporter's own health;
+- overview: every Exchange server against every cause, as the exporter judges it (the matrix of
+  ``exchange_auth:exchange_server_cause:verdict``), the evidence behind the causes present now,
+  what could not be judged and why, firing alerts and the exporter's own health;
 - clocks: offsets per server and source over time, the skew pairs against the tolerance;
 - kerberos: each DC x port x transport, with round-trip times and failure reasons;
 - spn: expected SPNs, duplicates with their owners, receive connectors and X-EXPS;
-- queues: messages, errors by class, protocol-log response rates.
+- queues: messages, errors by class, protocol-log response rates;
+- replication: each domain controller's inbound replication, per partner and naming context
+  (KB step 2), and the DCs whose state cannot be read.
 """
 
 from __future__ import annotations
@@ -28,8 +30,16 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from .config import MixinConfig
-from .rules import CAUSE_SEVERITY, DOMAIN_CAUSES, EXCHANGE_SERVERS, SERVER_CAUSES, matrix_columns
+from .config import MixinConfig, duration
+from .rules import (
+    CAUSE_VERDICT,
+    DOMAIN_DETAILS,
+    EXCHANGE_SERVERS,
+    REPLICATION_PAIR,
+    SERVER_DETAILS,
+    VERDICT_CAUSES,
+    VerdictCause,
+)
 
 PanelBuilder = timeseries.Panel | table.Panel | stat.Panel
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -77,7 +87,7 @@ def _value_map(mapping: dict[str, tuple[str, str]]) -> list[model.ValueMapping]:
 _COLOR_CELLS = [
     model.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"})
 ]
-_SEVERITY = {"0": ("OK", "green"), "1": ("warning", "orange"), "2": ("broken", "red")}
+_VERDICT = {"0": ("OK", "green"), "1": ("problem", "red"), "-1": ("unknown", "gray")}
 _UP = {"1": ("up", "green"), "0": ("down", "red")}
 _PRESENT = {"1": ("present", "green"), "0": ("missing", "red")}
 _ON_OFF = {"1": ("on", "green"), "0": ("off", "red")}
@@ -201,7 +211,9 @@ def _matrix(row: str, column: str) -> model.DataTransformerConfig:
     )
 
 
-def _variables(config: MixinConfig, server_query: str, server_label: str) -> list[Builder[Any]]:
+def _variables(
+    config: MixinConfig, server_query: str, server_label: str, label: str = "server"
+) -> list[Builder[Any]]:
     datasource = db.DatasourceVariable("datasource").label("Data source").type("prometheus")
     job = (
         db.QueryVariable("job")
@@ -218,7 +230,7 @@ def _variables(config: MixinConfig, server_query: str, server_label: str) -> lis
         db.QueryVariable("server")
         .label(server_label)
         .datasource(DATASOURCE)
-        .query(f"label_values({server_query}, server)")
+        .query(f"label_values({server_query}, {label})")
         .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(model.VariableSort.ALPHABETICAL_ASC)
         .multi(True)
@@ -271,19 +283,30 @@ def _exchange_servers(config: MixinConfig) -> str:
     return f"{EXCHANGE_SERVERS}{{{JOB}}}"
 
 
+def _unless_empty(expr: str, fallback: str) -> str:
+    """``expr``, or one 0 series per job (from ``fallback``) when it has no series: a table that
+    says "nothing" rather than "no data"."""
+    return f"({expr}) or (count by (job) ({fallback}) * 0 unless on (job) ({expr}))"
+
+
 def overview(config: MixinConfig) -> dict[str, Any]:
-    columns = matrix_columns(config)
-    rename = {"server\\cause": "Exchange server"} | {c.cause: c.title for c in columns}
-    order = {"server\\cause": 0} | {c.cause: i + 1 for i, c in enumerate(columns)}
+    def title(cause: VerdictCause) -> str:
+        step = f"{cause.kb_step} " if cause.kb_step else ""
+        return step + cause.title[0].upper() + cause.title[1:]
+
+    rename = {"server\\cause": "Exchange server"} | {c.name: title(c) for c in VERDICT_CAUSES}
+    order = {"server\\cause": 0} | {c.name: i + 1 for i, c in enumerate(VERDICT_CAUSES)}
     matrix = table_panel(
         "Causes by Exchange server",
-        "Each Exchange server against each cause of KB 979174 (and the two symptoms): green "
-        "fine, orange warning, red broken, empty not measured. KDC ports are seen from the "
-        "exporter and so the same for every server.",
-        [Query(f"{CAUSE_SEVERITY}{{{JOB}, {SERVER}}}", instant=True)],
+        "Each Exchange server against each cause of KB 979174 (numbered by its step) and the two "
+        "symptoms, as the exporter judges them (exchange_auth_cause, the same verdicts as its "
+        "status page and diagnose command): green OK, red problem, grey unknown (the evidence "
+        "is missing; why is in the table below). Replication and KDC ports are judged from "
+        "the domain controllers and so the same for every server.",
+        [Query(f"{CAUSE_VERDICT}{{{JOB}, {SERVER}}}", instant=True)],
         span=24,
         height=9,
-        mapping=_SEVERITY,
+        mapping=_VERDICT,
         transformations=[
             _matrix("server", "cause"),
             model.DataTransformerConfig(
@@ -293,18 +316,37 @@ def overview(config: MixinConfig) -> dict[str, Any]:
         hide=(),
     )
     present = table_panel(
-        "Causes present now",
-        "One row per cause on an Exchange server: which DC the clock is off against, which SPN "
-        "is missing or duplicated, which connector or port lacks ExchangeServer auth. The "
-        "value is the skew in seconds for clock causes.",
-        [Query(f"{SERVER_CAUSES}{{{JOB}, {SERVER}}}", instant=True)],
+        "Evidence on the Exchange servers",
+        "What the causes of each server are made of: which DC its clock is off against, which "
+        "SPN is missing or duplicated, which connector or port lacks ExchangeServer auth. The "
+        "value is the skew in seconds for clock skew.",
+        [Query(f"{SERVER_DETAILS}{{{JOB}, {SERVER}}}", instant=True)],
         span=12,
     )
     domain = table_panel(
-        "Domain controllers",
-        "Kerberos ports that do not answer the exporter, and DC clocks that are not synchronised.",
-        [Query(f"{DOMAIN_CAUSES}{{{JOB}}}", instant=True)],
+        "Evidence on the domain controllers",
+        "Kerberos ports that do not answer the exporter, and DCs that do not replicate a naming "
+        "context from a partner (value: consecutive failures, or seconds since the last "
+        "success or attempt).",
+        [Query(f"{DOMAIN_DETAILS}{{{JOB}}}", instant=True)],
         span=12,
+    )
+    unknown = table_panel(
+        "Causes without a verdict",
+        "The grey cells: the causes the exporter could not judge for a server, and why "
+        "(disabled, no_reading, no_dc_reading, no_scan, not_scanned).",
+        [
+            Query(
+                _unless_empty(
+                    f"exchange_auth_cause_unknown{{{JOB}, {SERVER}}}",
+                    f"exchange_auth_cause{{{JOB}}}",
+                ),
+                instant=True,
+            )
+        ],
+        span=24,
+        height=6,
+        hide=("Time", "job", "instance", "__name__", "Value"),
     )
     firing = table_panel(
         "Firing alerts",
@@ -355,7 +397,7 @@ def overview(config: MixinConfig) -> dict[str, Any]:
         "(KB 979174), and the 454 4.7.0 symptom.",
         _variables(config, _exchange_servers(config), "Exchange server"),
         [
-            ("Causes", [matrix, present, domain, firing]),
+            ("Causes", [matrix, present, domain, unknown, firing]),
             ("Exporter", [up, scrape, checks]),
         ],
     )
@@ -704,6 +746,133 @@ def queues(config: MixinConfig) -> dict[str, Any]:
     )
 
 
+def replication(config: MixinConfig) -> dict[str, Any]:
+    dc = 'domain_controller=~"$server"'
+    failures = f"exchange_auth_replication_consecutive_failures{{{JOB}, {dc}}}"
+    success = f"exchange_auth_replication_last_success_timestamp_seconds{{{JOB}, {dc}}}"
+    attempt = f"exchange_auth_replication_last_attempt_timestamp_seconds{{{JOB}, {dc}}}"
+    info = f"exchange_auth_replication_last_result_info{{{JOB}, {dc}}}"
+    read = f"exchange_auth_replication_dc_success{{{JOB}}}"
+    pair = ", ".join(REPLICATION_PAIR)
+    stale = config.replication_stale_after_seconds
+    age_steps = _thresholds((None, "green"), (stale, "red"))
+    partners = table_panel(
+        "Inbound replication by DC, partner and naming context",
+        "repadmin /showrepl for every DC: consecutive failures, the last result and the time "
+        f"since the last success (red beyond {duration(stale)}, the largest delta of repadmin "
+        "/replsummary; empty when it never succeeded).",
+        [
+            Query(
+                _unless_empty(f"{failures} * on ({pair}) group_left (result) {info}", read),
+                instant=True,
+            ),
+            Query(f"time() - {success}", instant=True),
+        ],
+        span=24,
+        height=10,
+        transformations=[
+            model.DataTransformerConfig(id_val="merge", options={}),
+            model.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "renameByName": {
+                        "Value #A": "consecutive failures",
+                        "Value #B": "since last success",
+                        "result": "last result",
+                    }
+                },
+            ),
+        ],
+    ).override_by_name(
+        "since last success",
+        [
+            model.DynamicConfigValue(id_val="unit", value="s"),
+            model.DynamicConfigValue(
+                id_val="thresholds",
+                value={
+                    "mode": "absolute",
+                    "steps": [{"color": "green", "value": None}, {"color": "red", "value": stale}],
+                },
+            ),
+            *_COLOR_CELLS,
+        ],
+    )
+    failing = timeseries_panel(
+        "Consecutive failures",
+        "Failed inbound replication attempts in a row, per DC, partner and naming context.",
+        [
+            Query(
+                _unless_empty(failures, read),
+                legend="{{domain_controller}} <- {{partner}} {{naming_context}}",
+            )
+        ],
+        span=12,
+    )
+    age = timeseries_panel(
+        "Time since the last success",
+        "Grows by itself while a partner does not replicate; a pair that never succeeded has "
+        "none (see the never-replicated table).",
+        [
+            Query(
+                _unless_empty(f"time() - {success}", read),
+                legend="{{domain_controller}} <- {{partner}} {{naming_context}}",
+            )
+        ],
+        unit="s",
+        span=12,
+        thresholds=age_steps,
+    )
+    never = table_panel(
+        "Never replicated",
+        "Pairs that were attempted but never succeeded: a new DC that never got the naming "
+        "context, or a partner that never answered. Value: seconds since the last attempt.",
+        [
+            Query(
+                _unless_empty(f"time() - {attempt} unless on ({pair}) {success}", read),
+                instant=True,
+            )
+        ],
+        span=12,
+        unit="s",
+    )
+    unreadable = table_panel(
+        "DCs whose state cannot be read",
+        "Why the exporter could not read a DC's inbound replication state over LDAP; its "
+        "partners are then shown as they were at its last reading.",
+        [
+            Query(
+                _unless_empty(f"exchange_auth_replication_dc_failure{{{JOB}, {dc}}} == 1", read),
+                instant=True,
+            )
+        ],
+        span=12,
+        hide=("Time", "job", "instance", "__name__", "Value"),
+    )
+    dcs = stat_panel(
+        "DCs read",
+        "1 when the last replication scan read the DC.",
+        [
+            Query(
+                f"exchange_auth_replication_dc_success{{{JOB}, {dc}}}",
+                legend="{{domain_controller}}",
+            )
+        ],
+        span=24,
+        mapping={"1": ("read", "green"), "0": ("not read", "red")},
+        thresholds=_thresholds((None, "red"), (1, "green")),
+    )
+    return _board(
+        config,
+        "replication",
+        "Exchange auth / AD replication",
+        "Each domain controller's inbound replication, per partner and naming context, read "
+        "over LDAP (KB 979174 step 2: a change that has not reached every DC breaks Kerberos "
+        "on some paths).",
+        _variables(config, read, "Domain controller", label="domain_controller"),
+        [("Partners", [partners, failing, age]), ("Problems", [never, unreadable, dcs])],
+    )
+
+
 def dashboards(config: MixinConfig) -> dict[str, dict[str, Any]]:
     """Every dashboard by file name (without ``.json``)."""
     return {
@@ -712,6 +881,7 @@ def dashboards(config: MixinConfig) -> dict[str, dict[str, Any]]:
         "exchange-auth-kerberos": kerberos(config),
         "exchange-auth-spn": spn(config),
         "exchange-auth-queues": queues(config),
+        "exchange-auth-replication": replication(config),
     }
 
 

@@ -125,6 +125,14 @@ class LdapTarget:
         return f"{'ldaps' if self.use_ssl else 'ldap'}://{self.host}:{self.port}"
 
 
+# What a connection that was fine when last used raises once the server has dropped it.
+_LOST_CONNECTION = (
+    ldap_errors.LDAPSessionTerminatedByServerError,
+    ldap_errors.LDAPSocketSendError,
+    ldap_errors.LDAPSocketReceiveError,
+)
+
+
 def _reason(exc: Exception, password: SecretStr | None) -> LdapError:
     text = str(exc) or type(exc).__name__
     if password is not None and password.get_secret_value():
@@ -218,9 +226,20 @@ class LdapClient:
         self._acquire(deadline)
         try:
             try:
-                if self._connection is None or self._connection.closed:
+                reused = self._connection is not None and not self._connection.closed
+                if not reused:
                     self._connection = self._connect()
-                return operation(self._connection)
+                assert self._connection is not None
+                try:
+                    return operation(self._connection)
+                except _LOST_CONNECTION as exc:
+                    if not reused or "timed out" in str(exc).lower():
+                        raise
+                    # The server closed a connection kept from earlier (a DC restarted, or an
+                    # idle timeout): one fresh connection says how the server is now.
+                    self._drop()
+                    self._connection = self._connect()
+                    return operation(self._connection)
             except (TimeoutError, ldap_errors.LDAPException, OSError) as exc:
                 self._drop()
                 raise _reason(exc, self.target.password) from None

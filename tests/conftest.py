@@ -1,7 +1,7 @@
 """Shared fixtures: the real lab (tests/lab), started at most once per test session.
 
-``lab`` is the full lab (Samba AD DC, the skewed KDC, the dead DC, NTP servers, the Exchange
-SMTP stand-ins); ``ntp_lab`` only needs the NTP and SMTP servers (and the dead DC; none of them
+``lab`` is the full lab (Samba AD DC dc1 and its replica dc3, replicating every 5 s; the skewed
+KDC, the dead DC, NTP servers, the Exchange SMTP stand-ins); ``ntp_lab`` only needs the NTP and SMTP servers (and the dead DC; none of them
 costs much) and reuses whatever lab is running, so NTP-only and SMTP-only tests never pay for
 Samba. A session that first needs ``ntp_lab`` and later ``lab`` adds the Samba DCs to the
 running lab. Tests marked ``@pytest.mark.lab`` get the full lab without naming the fixture.
@@ -15,6 +15,7 @@ FAIL with the reason: a lab test that silently skips would count as a pass.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.lab import HostileMode, HostileSmtpPeer, Lab, LabError
+from tests.lab import DEFAULT_NETWORK, HostileMode, HostileSmtpPeer, Lab, LabError
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -52,10 +53,24 @@ class _SessionLab:
                 if self.lab is None:
                     self._stop_on_sigterm()
                     self.lab = Lab.start(
-                        samba=samba, skewed_dc=samba, dead_dc=True, ntp=True, smtp=True
+                        # Another network lets a second test run go on beside this one.
+                        network=os.environ.get("EXCHANGE_AUTH_LAB_NETWORK", DEFAULT_NETWORK),
+                        samba=samba,
+                        skewed_dc=samba,
+                        replica_dc=samba,
+                        dead_dc=True,
+                        ntp=True,
+                        smtp=True,
                     )
                 else:
-                    self.lab.ensure(samba=samba, skewed_dc=samba, dead_dc=True, ntp=True, smtp=True)
+                    self.lab.ensure(
+                        samba=samba,
+                        skewed_dc=samba,
+                        replica_dc=samba,
+                        dead_dc=True,
+                        ntp=True,
+                        smtp=True,
+                    )
             except LabError as exc:
                 # Kept, so every later test fails at once instead of waiting for the same timeout.
                 self.error = f"the lab could not start: {exc}"
@@ -91,8 +106,9 @@ def _session_lab() -> Iterator[_SessionLab]:
 
 @pytest.fixture(scope="session")
 def lab(_session_lab: _SessionLab) -> Lab:
-    """The full lab: Samba AD DC on dc1, Samba KDC on dc2 (+420 s), dead dc9, NTP on dc1, dc2
-    (+420 s), exch1 and exch2 (+420 s), SMTP on exch1, exch2 (+420 s) and exch3."""
+    """The full lab: Samba AD DC on dc1 and its replica dc3 (both replicating every 5 s), Samba
+    KDC on dc2 (+420 s), dead dc9, NTP on dc1, dc2 (+420 s), dc3, exch1 and exch2 (+420 s), SMTP
+    on exch1, exch2 (+420 s) and exch3."""
     return _session_lab.get(samba=True)
 
 

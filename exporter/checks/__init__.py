@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..background import Scan
-from . import clock, kerberos, ldap_clock, queue_snapshots, replication, smtp, spn
+from . import clock, kerberos, ldap_clock, protocol_logs, queue_snapshots, replication, smtp, spn
 from .base import CheckSpec
 
 CHECKS: tuple[CheckSpec[Any, Any], ...] = (
@@ -24,6 +24,7 @@ SCANS: tuple[Scan[Any], ...] = (
     spn.SERVER_SPN_SCAN,
     spn.DUPLICATE_SCAN,
     queue_snapshots.QUEUE_SNAPSHOT_SCAN,
+    protocol_logs.PROTOCOL_LOG_SCAN,
     replication.REPLICATION_SCAN,
 )
 

@@ -351,6 +351,8 @@ async def _read(server: Server, base: LdapTarget) -> DcReading:
     # Bounds only the wait for a connection an earlier run still holds; each LDAP operation
     # has the ldap.timeout of its own, and the first one that fails ends this DC's reading.
     deadline = time.monotonic() + target.timeout
+    # A connection an earlier run left open and the DC has since dropped is replaced by the
+    # client itself (exporter/ldap.py), so a restarted DC is not reported failing.
     return await run_in_ldap_thread(lambda: read_dc(client, deadline))
 
 

@@ -73,6 +73,11 @@ RESULTS: Mapping[int, Win32Result] = {
     5: Win32Result("ERROR_ACCESS_DENIED", "Access is denied."),
     53: Win32Result("ERROR_BAD_NETPATH", "The network path was not found."),
     64: Win32Result("ERROR_NETNAME_DELETED", "The specified network name is no longer available."),
+    1225: Win32Result(
+        "ERROR_CONNECTION_REFUSED",
+        "The remote computer refused the network connection: Samba's result when the source "
+        "DC's RPC port is closed (its samba stopped).",
+    ),
     1256: Win32Result("ERROR_HOST_DOWN", "The remote system is not available."),
     1311: Win32Result(
         "ERROR_NO_LOGON_SERVERS", "No logon servers (KDCs) are available to service the request."

@@ -55,18 +55,19 @@ def test_offsets_and_skew_of_the_lab_clocks(lab: Lab, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def dead_ntp_servers() -> Iterator[dict[str, str]]:
+def dead_ntp_servers(ntp_lab: Lab) -> Iterator[dict[str, str]]:
     """Two addresses whose NTP port swallows packets and one whose port is closed."""
+    net = ntp_lab.dc.address.rsplit(".", 1)[0]
     silent = []
-    for address in ("127.0.10.31", "127.0.10.32"):
+    for address in (f"{net}.31", f"{net}.32"):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((address, 123))  # bound, never read: requests vanish like behind a firewall
         silent.append(sock)
     try:
         yield {
-            "drop1.corp.example.test": "127.0.10.31",
-            "drop2.corp.example.test": "127.0.10.32",
-            "closed.corp.example.test": "127.0.10.33",
+            "drop1.corp.example.test": f"{net}.31",
+            "drop2.corp.example.test": f"{net}.32",
+            "closed.corp.example.test": f"{net}.33",
         }
     finally:
         for sock in silent:

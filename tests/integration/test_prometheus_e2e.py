@@ -2,11 +2,13 @@
 
 Prometheus (Debian's ``prometheus``) runs on 127.0.0.1 with a temporary data directory, scrapes
 the exporter every 2 s and evaluates the generated rules every second, with every ``for`` cut to
-5 s through the mixin's config. The exporter watches the whole lab: dc1, dc2 (420 s ahead), dc9
-(dead), exch1-3 and the Exchange organisation in AD, plus queue snapshots and protocol logs
-written here. What must fire is derived from the lab's own description of its faults
-(``lab.exchange_directory``, ``lab.smtp_servers``, the hosts' clock offsets), so a fault added to
-the lab shows up here as an alert to expect.
+5 s through the mixin's config. The exporter watches the whole lab: dc1, dc2 (420 s ahead, a KDC
+without LDAP), dc9 (dead), exch1-3 and the Exchange organisation in AD, plus queue snapshots and
+protocol logs written here. What must fire is derived from the lab's own description of its
+faults (``lab.exchange_directory``, ``lab.smtp_servers``, the hosts' clock offsets, which DCs
+serve LDAP), so a fault added to the lab shows up here as an alert to expect. The overview
+matrix shows the exporter's own verdicts (``exchange_auth_cause``); every cell must agree with
+the alerts of its cause.
 """
 
 from __future__ import annotations
@@ -40,6 +42,18 @@ from dashboards.expressions import (
     recording_rule_names,
 )
 from dashboards.render import alerts_yaml, rules_yaml
+from dashboards.rules import CAUSE_VERDICT, VERDICT_CAUSES
+from exporter.background import ScanState
+from exporter.checks.replication import (
+    DcOutcome,
+    DcReading,
+    PartnerState,
+    Replication,
+    replication_metrics,
+)
+from exporter.config import load_text
+from exporter.inventory import Inventory
+from exporter.servers import Role, Server
 from tests.integration.exporter_process import ExporterProcess, exporter_process, free_port
 from tests.lab import Lab
 
@@ -159,6 +173,8 @@ def exporter_config(lab: Lab, work: Path, ldap_password_file: Path | None = None
         "checks": {
             "clock": {"sources": ["ntp", "kerberos", "ldap"]},
             "queues": {"snapshots": snapshots, "protocol_logs": logs, "poll_interval": "1s"},
+            # Every 5 s rather than 5 min, so that a DC stopped by a test shows within seconds.
+            "replication": {"refresh_interval": "5s"},
         },
     }
     if ldap_password_file is not None:
@@ -306,6 +322,10 @@ IDENTITY = {
     "ExchangeAuthReceiveConnectorExchangeServerAuthDisabled": ("server", "connector"),
     "ExchangeAuthQueueAuthErrors": ("server",),
     "ExchangeAuthSmtpLogAuthFailures": ("server", "direction"),
+    "ExchangeAuthReplicationFailing": ("domain_controller", "partner", "naming_context"),
+    "ExchangeAuthReplicationStale": ("domain_controller", "partner", "naming_context"),
+    "ExchangeAuthReplicationNeverSucceeded": ("domain_controller", "partner", "naming_context"),
+    "ExchangeAuthReplicationDcUnreadable": ("domain_controller",),
 }
 
 
@@ -317,6 +337,17 @@ def _as_key(alert: dict[str, Any]) -> Key:
     return _key(
         name, **{k: labels.get(k, "").lower() if k == "spn" else labels.get(k, "") for k in wanted}
     )
+
+
+def ldap_domain_controllers(lab: Lab) -> set[str]:
+    """The DCs whose LDAP answers: those running a samba with its ldap service (dc1, not the
+    KDC-only dc2, not the dead dc9)."""
+    sambas = (lab.samba, lab.skewed_samba, getattr(lab, "replica_samba", None))
+    return {
+        samba.spec.fqdn
+        for samba in sambas
+        if samba is not None and samba.process is not None and "ldap" in samba.services
+    }
 
 
 def expected_alerts(lab: Lab) -> set[Key]:
@@ -366,6 +397,12 @@ def expected_alerts(lab: Lab) -> set[Key]:
         expected.add(
             _key("ExchangeAuthSpnDuplicate", server=owners[0] if owners else "", spn=duplicate.spn)
         )
+    # The replication state of a DC without LDAP cannot be read. The DCs that can be read have
+    # no partner that fails: dc1 replicates with no other DC in this lab.
+    readable = ldap_domain_controllers(lab)
+    for dc in (*lab.domain_controllers, lab.dead_dc):
+        if dc.name not in readable:
+            expected.add(_key("ExchangeAuthReplicationDcUnreadable", domain_controller=dc.name))
     for smtp in lab.smtp_servers:
         if smtp.hub_port not in smtp.x_exps_ports:
             expected.add(
@@ -447,54 +484,96 @@ def _section(description: str, title: str) -> list[str]:
     return found
 
 
-def test_queue_alerts_name_the_causes_present_on_each_server(
-    lab: Lab, firing: list[dict[str, Any]]
-) -> None:
+TITLES = {c.name: c.title for c in VERDICT_CAUSES}
+
+
+def _verdicts(prometheus: Prometheus) -> dict[tuple[str, str], float]:
+    """(server, cause) -> 1 problem, 0 ok, -1 unknown: the overview matrix's cells."""
+    return {
+        (r["metric"]["server"], r["metric"]["cause"]): float(r["value"][1])
+        for r in prometheus.query(f'{CAUSE_VERDICT}{{job="{JOB}"}}')
+    }
+
+
+def _lab_causes(lab: Lab, server: str) -> dict[str, list[str]]:
+    """What the lab planted on an Exchange server: cause -> phrases its detail line must hold."""
     directory = lab.exchange_directory
+    offsets = {h.name: h.ntp_offset for h in lab.hosts}
+    smtp = next(s for s in lab.smtp_servers if s.name == server)
+    found: dict[str, list[str]] = {}
+    for dc in lab.domain_controllers if server in offsets else ():
+        skew = abs(offsets[server] - dc.ntp_offset)
+        if skew > MIXIN.kerberos_tolerance_seconds:
+            found.setdefault("clock_skew", []).append(
+                f"against domain controller {dc.name}, beyond"
+            )
+        elif skew > MIXIN.skew_warning_seconds:
+            found.setdefault("clock_skew", []).append(
+                f"against domain controller {dc.name}, nearing"
+            )
+    member = directory.server(smtp.short_name)
+    for spn in directory.missing_spns(member.name):
+        found.setdefault("spn_missing", []).append(f"{spn} missing")
+    for duplicate in directory.duplicate_spns:
+        if duplicate.spn in map(str.lower, member.expected_spns):
+            accounts = "; ".join(sorted(duplicate.owner_dns))
+            found.setdefault("spn_duplicate", []).append(
+                f"held by more than one account ({accounts})"
+            )
+    # dc9: TCP refused, UDP dropped, on both ports.
+    found["kerberos_ports_blocked"] = [
+        f"{lab.dead_dc.name} {port}/{transport} {reason}"
+        for port in ("88", "464")
+        for transport, reason in (("tcp", "refused"), ("udp", "timeout"))
+    ]
+    if smtp.hub_port not in smtp.x_exps_ports:
+        found.setdefault("receive_connector_auth", []).append(
+            f"not offered on port {smtp.hub_port}"
+        )
+    for connector in member.receive_connectors:
+        if not connector.exchange_server_auth and not re.fullmatch(
+            MIXIN.receive_connector_ignore_regex, connector.name
+        ):
+            found.setdefault("receive_connector_auth", []).append(
+                f'receive connector "{connector.name}" without ExchangeServer authentication'
+            )
+    return found
+
+
+def test_queue_alerts_name_the_causes_present_on_each_server(
+    lab: Lab, prometheus: Prometheus, firing: list[dict[str, Any]]
+) -> None:
     queue_alerts = {
         a["labels"]["server"]: a["annotations"]["description"]
         for a in firing
         if a["labels"]["alertname"] == "ExchangeAuthQueueAuthErrors"
     }
     assert set(queue_alerts) == {s.name for s in lab.smtp_servers if s.short_name != "exch1"}
-    offsets = {h.name: h.ntp_offset for h in lab.hosts}
-    for smtp in lab.smtp_servers:
-        if smtp.name not in queue_alerts:
-            continue
-        description = queue_alerts[smtp.name]
-        own = _section(description, f"Causes present now on {smtp.name}:")
-        wanted: list[str] = []
-        for dc in lab.domain_controllers if smtp.name in offsets else ():
-            skew = abs(offsets[smtp.name] - dc.ntp_offset)
-            if skew > MIXIN.kerberos_tolerance_seconds:
-                wanted.append(f"clock skew against domain controller {dc.name}, beyond")
-            elif skew > MIXIN.skew_warning_seconds:
-                wanted.append(f"clock skew against domain controller {dc.name}, nearing")
-        server = directory.server(smtp.short_name)
-        wanted += [f"SPN {spn} missing" for spn in directory.missing_spns(server.name)]
-        for duplicate in directory.duplicate_spns:
-            if duplicate.spn in map(str.lower, server.expected_spns):
-                accounts = "; ".join(sorted(duplicate.owner_dns))
-                wanted.append(f"held by more than one account ({accounts})")
-        if smtp.hub_port not in smtp.x_exps_ports:
-            wanted.append(f"not offered on port {smtp.hub_port}")
-        wanted += [
-            f'receive connector "{c.name}" without ExchangeServer authentication'
-            for c in server.receive_connectors
-            if not c.exchange_server_auth
-            and not re.fullmatch(MIXIN.receive_connector_ignore_regex, c.name)
-        ]
-        assert len(own) == len(wanted), f"{smtp.name}: {own} vs {wanted}"
-        for phrase in wanted:
-            assert any(phrase.lower() in line.lower() for line in own), (phrase, own)
-        dcs = _section(description, "Domain controllers (seen from the exporter):")
-        assert sorted(dcs) == sorted(
-            f"{lab.dead_dc.name}: Kerberos {port}/{transport} {reason}"
-            for port in ("88", "464")
-            for transport, reason in (("tcp", "refused"), ("udp", "timeout"))
-        ), dcs
+    verdicts = _verdicts(prometheus)
+    order = [c.name for c in VERDICT_CAUSES if c.kb_step is not None]
+    for server, description in queue_alerts.items():
+        own = _section(description, f"Causes present now on {server} (the exporter's verdicts):")
+        planted = _lab_causes(lab, server)
+        # One line per cause the lab planted, in KB order, each with the planted details.
+        wanted = [cause for cause in order if cause in planted]
+        assert [line.split(" (KB step")[0] for line in own] == [TITLES[c] for c in wanted], own
+        for line, cause in zip(own, wanted, strict=True):
+            for phrase in planted[cause]:
+                assert phrase.lower() in line.lower(), (phrase, line)
+        # ... which are the exporter's verdicts.
+        assert wanted == [c for c in order if verdicts.get((server, c)) == 1], server
+        # A server without NTP has no clock reading: its clock skew is not judged, and said so.
+        if server not in {h.name for h in lab.hosts}:
+            assert "Not judged for lack of evidence: clock skew (no_reading)" in description
+        # Other servers: their own causes, never this server's, never the domain-wide ones.
         others = _section(description, "Other Exchange servers:")
-        assert all(not line.startswith(smtp.name) for line in others), others
+        expected_others = sorted(
+            f"{other}: {TITLES[cause]}"
+            for (other, cause), value in verdicts.items()
+            if value == 1 and other != server and cause in order
+            if cause not in ("replication", "kerberos_ports_blocked")
+        )
+        assert sorted(line.split(" (KB step")[0] for line in others) == expected_others, others
 
 
 def test_spn_duplicates_are_attributed_to_their_exchange_server(
@@ -528,32 +607,123 @@ def test_every_dashboard_query_returns_series(prometheus: Prometheus, firing: ob
 def test_the_overview_matrix_marks_broken_servers(
     lab: Lab, prometheus: Prometheus, firing: object
 ) -> None:
-    cells = {
-        (r["metric"]["server"], r["metric"]["cause"]): float(r["value"][1])
-        for r in prometheus.query(
-            'exchange_auth:exchange_server_cause:severity{job="exchange-auth"}'
-        )
-    }
+    cells = _verdicts(prometheus)
     directory = lab.exchange_directory
     for server in directory.members:
-        spn_missing = 2.0 if directory.missing_spns(server.name) else 0.0
+        spn_missing = 1.0 if directory.missing_spns(server.name) else 0.0
         assert cells[(server.fqdn, "spn_missing")] == spn_missing, server.fqdn
         duplicated = any(
             d.spn in map(str.lower, server.expected_spns) for d in directory.duplicate_spns
         )
-        assert cells[(server.fqdn, "spn_duplicate")] == (2.0 if duplicated else 0.0), server.fqdn
-    # dc9 is down: a warning for every server, the same everywhere.
-    assert {v for (_, cause), v in cells.items() if cause == "kerberos_ports"} == {1.0}
+        assert cells[(server.fqdn, "spn_duplicate")] == (1.0 if duplicated else 0.0), server.fqdn
+    # Every Exchange server has every column; the Edge server none (no Kerberos).
+    servers = {server for server, _ in cells}
+    assert servers == {s.name for s in lab.smtp_servers}
+    assert {cause for _, cause in cells} == {c.name for c in VERDICT_CAUSES}
+    assert len(cells) == len(servers) * len(VERDICT_CAUSES)
+    # dc9 is down: the same for every server.
+    assert {v for (_, cause), v in cells.items() if cause == "kerberos_ports_blocked"} == {1.0}
+    # exch3 serves no NTP: its clock cannot be read, a grey cell.
+    for smtp in lab.smtp_servers:
+        if smtp.name not in {h.name for h in lab.hosts}:
+            assert cells[(smtp.name, "clock_skew")] == -1.0, smtp.name
+
+
+# Each cause of the matrix and the alerts that say the same; None: a domain-wide cause, the
+# same for every server, else the label naming the Exchange server.
+CAUSE_ALERTS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "clock_skew": (
+        ("ExchangeAuthClockSkewNearTolerance", "ExchangeAuthClockSkewExceedsTolerance"),
+        "exchange_server",
+    ),
+    "replication": (
+        (
+            "ExchangeAuthReplicationFailing",
+            "ExchangeAuthReplicationStale",
+            "ExchangeAuthReplicationNeverSucceeded",
+        ),
+        None,
+    ),
+    "spn_missing": (("ExchangeAuthSpnMissing", "ExchangeAuthComputerAccountMissing"), "server"),
+    "spn_duplicate": (("ExchangeAuthSpnDuplicate",), "server"),
+    "kerberos_ports_blocked": (
+        ("ExchangeAuthKerberosPortDown", "ExchangeAuthKerberosAllKdcsUnreachable"),
+        None,
+    ),
+    "receive_connector_auth": (
+        (
+            "ExchangeAuthExchangeServerAuthNotAdvertised",
+            "ExchangeAuthReceiveConnectorExchangeServerAuthDisabled",
+        ),
+        "server",
+    ),
+    "queue_auth_errors": (("ExchangeAuthQueueAuthErrors",), "server"),
+    "log_auth_failures": (("ExchangeAuthSmtpLogAuthFailures",), "server"),
+}
+
+
+def test_the_matrix_and_the_alerts_agree(
+    prometheus: Prometheus, firing: list[dict[str, Any]]
+) -> None:
+    """A red cell has an alert of its cause firing, and a cause alert firing has a red cell: the
+    exporter's verdicts and the mixin's thresholds (the same: the near-tolerance warning starts
+    where the verdict's warning margin does) cannot contradict each other."""
+    assert set(CAUSE_ALERTS) == {c.name for c in VERDICT_CAUSES}
+    contradictions = _contradictions(_verdicts(prometheus), firing)
+    assert not contradictions, "\n".join(contradictions)
+
+
+def _contradictions(cells: dict[tuple[str, str], float], firing: list[dict[str, Any]]) -> list[str]:
+    found = []
+    for (server, cause), value in sorted(cells.items()):
+        names, label = CAUSE_ALERTS[cause]
+        alerts = [
+            a["labels"]["alertname"]
+            for a in firing
+            if a["labels"]["alertname"] in names
+            and (label is None or a["labels"].get(label) == server)
+        ]
+        if (value == 1.0) != bool(alerts):
+            state = {1.0: "problem", 0.0: "ok", -1.0: "unknown"}[value]
+            found.append(f"{server} {cause}: {state}, alerts firing: {alerts}")
+    # No cause alert for a server the matrix does not show.
+    for alert in firing:
+        for names, label in CAUSE_ALERTS.values():
+            if alert["labels"]["alertname"] in names and label is not None:
+                server = alert["labels"][label]
+                if not any(s == server for s, _ in cells):
+                    found.append(f"{alert['labels']} fires for a server not in the matrix")
+    return found
 
 
 # --- the metrics the mixin reads are the ones the exporter emits ---------------------------------
 
 
 def _scraped(exporter: ExporterProcess) -> dict[str, set[str]]:
+    """Metric name -> label names, from one scrape. A family declared (HELP and TYPE) without
+    a sample is there with no label names."""
     status, text = exporter.get("/metrics", {"X-Prometheus-Scrape-Timeout-Seconds": "5"})
     assert status == 200
     labels: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):
+        if not family.samples and family.type in ("gauge", "unknown"):
+            labels.setdefault(family.name, set())
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    return labels
+
+
+def _partner_labels(config: Path) -> dict[str, set[str]]:
+    """The label names of the replication partner series, from the exporter's own code given a
+    reading with one partner: the lab's dc1 replicates with no other DC, so its scrape declares
+    those families but has no sample of them."""
+    settings = load_text(config.read_text(), base_dir=config.parent)
+    dc = Server("dc1.corp.example.test", Role.DOMAIN_CONTROLLER)
+    partner = PartnerState("dc3.corp.example.test", "DC=corp", 1, 0.0, 60.0, 1722)
+    reading = DcReading("repsFrom", (partner,), 0, 60.0)
+    state = ScanState(result=Replication({dc.name: DcOutcome(reading)}))
+    labels: dict[str, set[str]] = {}
+    for family in replication_metrics(state, settings, Inventory((dc,))):
         for sample in family.samples:
             labels.setdefault(sample.name, set()).update(sample.labels)
     return labels
@@ -582,6 +752,9 @@ def emitted(lab: Lab, exporter: ExporterProcess, work: Path, firing: object) -> 
             time.sleep(0.5)
     for name, label_names in failed.items():
         names.setdefault(name, set()).update(label_names)
+    for name, label_names in _partner_labels(work / "exporter.yml").items():
+        if name in names and not names[name]:
+            names[name] = label_names
     return names
 
 
@@ -609,3 +782,58 @@ def test_every_label_matcher_names_a_label_of_its_metric(emitted: dict[str, set[
                 if label not in emitted[metric] | {"job", "instance"}:
                     wrong.append(f"{expression.where}: {metric} has no label {label!r}")
     assert not wrong, "\n".join(sorted(set(wrong)))
+
+
+# --- replication (KB step 2) breaking for real ---------------------------------------------------
+
+
+def test_a_dc_that_stops_replicating_is_a_cause_for_every_server(
+    lab: Lab, prometheus: Prometheus, firing: object
+) -> None:
+    """Stop the replica's samba: dc1 keeps failing to replicate from it. The exporter's
+    replication verdict turns red for every Exchange server, ExchangeAuthReplicationFailing
+    fires for dc1 <- dc3, the symptom alerts list it as KB step 2, and none of it contradicts."""
+    replica = lab.replica_dc
+    assert lab.replica_dc_running, "the session lab runs no replica DC"
+
+    def replication_alerts() -> list[dict[str, Any]]:
+        return [
+            a
+            for a in prometheus.alerts()
+            if a["labels"]["alertname"] == "ExchangeAuthReplicationFailing"
+        ]
+
+    with lab.samba_stopped(replica):
+        _wait(
+            lambda: bool(replication_alerts()),
+            timeout=120,
+            what=lambda: (
+                "ExchangeAuthReplicationFailing; firing: "
+                + str(sorted(map(str, (_as_key(a) for a in prometheus.alerts()))))
+            ),
+        )
+        # The other alerts of the stopped DC (its ports) have had their `for` by now.
+        time.sleep(FOR_SECONDS + 3)
+        alerts = prometheus.alerts()
+        cells = _verdicts(prometheus)
+    failing = [a for a in alerts if a["labels"]["alertname"] == "ExchangeAuthReplicationFailing"]
+    assert failing
+    for alert in failing:
+        labels, description = alert["labels"], alert["annotations"]["description"]
+        assert (labels["domain_controller"], labels["partner"]) == (lab.dc.name, replica.name)
+        assert "Last result" in description, description
+        assert "error expanding template" not in description, description
+    assert {v for (_, cause), v in cells.items() if cause == "replication"} == {1.0}
+    contradictions = _contradictions(cells, alerts)
+    assert not contradictions, "\n".join(contradictions)
+    for alert in alerts:
+        if alert["labels"]["alertname"] != "ExchangeAuthQueueAuthErrors":
+            continue
+        server = alert["labels"]["server"]
+        own = _section(
+            alert["annotations"]["description"],
+            f"Causes present now on {server} (the exporter's verdicts):",
+        )
+        (line,) = [line for line in own if line.startswith("AD replication (KB step 2): ")]
+        assert f"{lab.dc.name} <- {replica.name} (" in line, line
+        assert "consecutive failures, last result " in line, line

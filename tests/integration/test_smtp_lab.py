@@ -107,8 +107,9 @@ def test_a_hostile_peer_costs_a_reason_never_the_deadline(
     mode: str,
     reason: str,
 ) -> None:
-    peer = hostile_smtp_peer(mode, "127.0.10.41", 25)
-    hostile = {"name": "hostile.corp.example.test", "address": "127.0.10.41"}
+    address = lab.dc.address.rsplit(".", 1)[0] + ".41"
+    peer = hostile_smtp_peer(mode, address, 25)
+    hostile = {"name": "hostile.corp.example.test", "address": address}
     text, elapsed = scrape(
         lab,
         tmp_path,

@@ -8,6 +8,13 @@ with Lab.start() as lab:          # or Lab.start(samba=False) for the NTP and SM
     lab.smtp_servers              # Exchange SMTP stand-ins exch1..3 on 25 and 2525
     lab.exchange_directory        # Exchange servers, accounts, SPNs, duplicates in dc1's domain
     with lab.pause_ldap(): ...    # dc1's LDAP hangs (SIGSTOP) while Kerberos and DNS answer
+
+with Lab.start(replica_dc=True) as lab:   # + dc3, a replica of dc1 (both pull every 5 s)
+    lab.replica_dc, lab.domain_controllers   # dc3 is listed, and in exporter_config()
+    lab.replication(lab.dc)       # samba-tool drs showrepl --json's repsFrom of dc1
+    lab.wait_replicated()         # both have pulled everything from each other
+    with lab.samba_stopped(lab.replica_dc): ...  # or stop_samba(host) / start_samba(host)
+    lab.samba_tool(lab.replica_dc, "drs", "showrepl", ...)  # as that DC, seeing its names
 """
 
 from tests.lab.directory import (

@@ -35,6 +35,8 @@ def _describe(lab: Lab, seconds: float, config: Path) -> str:
             )
         if host is lab.skewed_dc and lab.skewed_dc_running:
             services.append(f"Samba KDC {host.address}:88 {host.ntp_offset:+d} s (clone of dc1)")
+        if host is lab.replica_dc and lab.replica_dc_running:
+            services.append("Samba AD DC, replica of dc1 (both pull every 5 s)")
         if host is lab.dead_dc:
             if not lab.dead_dc_running:
                 continue
@@ -90,6 +92,7 @@ def _run_lab(args: argparse.Namespace, foreground: Foreground) -> int:
             samba=args.samba,
             ntp=args.ntp,
             skewed_dc=args.samba and args.skewed_dc,
+            replica_dc=args.samba and args.replica_dc,
             dead_dc=args.dead_dc,
             smtp=args.smtp,
             network=args.network,
@@ -249,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         command.add_argument(
             "--no-skewed-dc", dest="skewed_dc", action="store_false", help="no KDC on dc2"
+        )
+        command.add_argument(
+            "--no-replica-dc", dest="replica_dc", action="store_false", help="no replica dc3"
         )
         command.add_argument(
             "--no-dead-dc", dest="dead_dc", action="store_false", help="leave dc9 unbound"

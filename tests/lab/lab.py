@@ -5,6 +5,8 @@ Address plan (``network`` defaults to 127.0.10; every address gets a /32 alias o
     dc1.corp.example.test    .10  Samba AD DC (LDAP, LDAPS, GC, KDC, kpasswd, DNS) + chronyd
     dc2.corp.example.test    .11  Samba KDC (Kerberos, kpasswd) + chronyd, both under
                                   libfaketime, 420 s (7 min) ahead
+    dc3.corp.example.test    .12  only with ``replica_dc=True``: a second Samba AD DC joined to
+                                  dc1, both replicating every 5 s; + chronyd, true clock
     dc9.corp.example.test    .19  dead: TCP 88/464 closed (refused), UDP 88/464/123 dropped
     exch1.corp.example.test  .21  chronyd, true clock
     exch2.corp.example.test  .22  chronyd under libfaketime, 420 s (7 min) ahead
@@ -34,6 +36,17 @@ registered: the DC locator ``_ldap._tcp.dc._msdcs``, ``_kerberos._tcp``/``_udp``
 ``_kpasswd``, ``_gc`` (all naming dc1) and ``dc1 A``. It forwards nothing: a name outside the
 zone gets NXDOMAIN, and no query leaves loopback.
 
+dc3, the replica (``Lab.start(replica_dc=True)``, see ``tests/lab/replica.py``), is a real
+replica: ``samba-tool domain join ... DC`` against dc1, built once and kept as a pair (dc1's
+database with dc3 in it, and dc3's folder) in the provision cache. Both DCs then run with
+``dreplsrv:periodic_interval=5``, in mount namespaces of their own where a hosts file of the
+lab's (both names and both ``<NTDS Settings objectGUID>._msdcs`` names) and a resolv.conf naming
+only dc1's and dc3's DNS replace the machine's; the machine's /etc/hosts is never touched.
+``KRB5_CONFIG`` lists both KDCs. dc3 is not in DNS (the lab runs no dnsupdate) and is listed in
+:attr:`Lab.domain_controllers` and the exporter's config. :meth:`Lab.stop_samba` and
+:meth:`Lab.start_samba` stop and start one DC's samba; :meth:`Lab.samba_tool` runs samba-tool
+as that DC.
+
 dc1's domain also holds an Exchange organisation (see ``tests/lab/directory.py`` and
 :attr:`Lab.exchange_directory`): a schema subset, servers EXCH1-3 and EDGE1 with receive
 connectors, computer accounts with keys and SPNs, one missing SPN and two duplicates. It is
@@ -46,16 +59,22 @@ from __future__ import annotations
 
 import atexit
 import copy
+import datetime
 import ipaddress
+import json
 import logging
+import math
 import os
 import re
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -77,11 +96,14 @@ from tests.lab.procs import (
     stop_daemons_in_the_way,
     wait_until,
 )
+from tests.lab.replica import lab_names, replica_pair
 from tests.lab.samba import (
     DC_PORTS,
     DomainControllerSpec,
+    NameFiles,
     SambaDC,
     krb5_conf,
+    mount_namespace_problem,
     ports_of,
     provision,
 )
@@ -138,15 +160,17 @@ class LabPlan:
     dead_dc: Host  # answers nothing: not in ``hosts``, ntp_offset meaningless
     exchange_servers: tuple[Host, ...]  # the Exchange servers that serve NTP: exch1, exch2
     smtp_servers: tuple[SmtpServer, ...] = ()  # every Exchange address's SMTP: exch1..3
+    replica_dc: Host | None = None  # dc3, a replica of dc1: runs only with replica_dc=True
 
     @property
     def hosts(self) -> tuple[Host, ...]:
-        """Every host that serves NTP (and so every host the exporter's config lists)."""
+        """Every host that serves NTP in a lab without the replica (dc3 is not planned in)."""
         return (self.dc, self.skewed_dc, *self.exchange_servers)
 
     @property
     def addresses(self) -> list[str]:
-        found = [host.address for host in (*self.hosts, self.dead_dc)]
+        replica = () if self.replica_dc is None else (self.replica_dc,)
+        found = [host.address for host in (*self.hosts, *replica, self.dead_dc)]
         return found + [s.address for s in self.smtp_servers if s.address not in found]
 
 
@@ -165,6 +189,7 @@ def lab_plan(network: str = DEFAULT_NETWORK) -> LabPlan:
     return LabPlan(
         dc=Host(f"dc1.{DOMAIN}", f"{network}.10", "domain_controller", 0),
         skewed_dc=Host(f"dc2.{DOMAIN}", f"{network}.11", "domain_controller", SKEWED_CLOCK_OFFSET),
+        replica_dc=Host(f"dc3.{DOMAIN}", f"{network}.12", "domain_controller", 0),
         dead_dc=Host(f"dc9.{DOMAIN}", f"{network}.19", "domain_controller", 0),
         exchange_servers=(
             Host(f"exch1.{DOMAIN}", f"{network}.21", "exchange", 0),
@@ -197,14 +222,23 @@ def address_plan(network: str = DEFAULT_NETWORK) -> tuple[Host, tuple[Host, ...]
     return plan.dc, plan.exchange_servers
 
 
-def preflight(*, samba: bool, ntp: bool, skewed_dc: bool = False, smtp: bool = False) -> list[str]:
+def preflight(
+    *,
+    samba: bool,
+    ntp: bool,
+    skewed_dc: bool = False,
+    smtp: bool = False,
+    replica_dc: bool = False,
+) -> list[str]:
     """Why the lab cannot run on this machine; empty when it can."""
     problems = []
     if os.geteuid() != 0:
         problems.append("the lab must run as root (it adds loopback aliases and binds port 123)")
     commands = {"ip": "iproute2"}
-    if samba or skewed_dc:
+    if samba or skewed_dc or replica_dc:
         commands |= {"samba": "samba-ad-dc", "samba-tool": "samba", "openssl": "openssl"}
+    if replica_dc:
+        commands |= {"unshare": "util-linux", "mount": "mount", "ldbsearch": "ldb-tools"}
     if ntp:
         commands |= {"chronyd": "chrony"}
     for command, package in commands.items():
@@ -212,6 +246,11 @@ def preflight(*, samba: bool, ntp: bool, skewed_dc: bool = False, smtp: bool = F
             problems.append(f"{command} not found: apt-get install {package}")
     if (ntp or skewed_dc or smtp) and not FAKETIME_LIBRARY.exists():
         problems.append(f"{FAKETIME_LIBRARY} not found: apt-get install faketime")
+    if replica_dc and not problems and (problem := mount_namespace_problem()) is not None:
+        problems.append(
+            "the replica DC runs samba in a mount namespace (its own /etc/hosts), which this "
+            f"machine refuses: {problem}"
+        )
     return problems
 
 
@@ -232,6 +271,32 @@ class LdapPause:
         tb: TracebackType | None,
     ) -> None:
         self.lab.resume_ldap()
+
+
+def _showrepl_time(text: object) -> float | None:
+    """A time as ``samba-tool drs showrepl --json`` writes it ("Sun Nov 29 12:00:58 2026 UTC");
+    None for "" (never) or anything else."""
+    # By hand: strptime's %a and %b follow the locale, samba-tool's English names do not.
+    fields = text.split() if isinstance(text, str) else []
+    if len(fields) != 6 or fields[5] != "UTC" or fields[1] not in _MONTHS:
+        return None
+    try:
+        hour, minute, second = (int(part) for part in fields[3].split(":"))
+        moment = datetime.datetime(
+            int(fields[4]),
+            _MONTHS.index(fields[1]) + 1,
+            int(fields[2]),
+            hour,
+            minute,
+            second,
+            tzinfo=datetime.UTC,
+        )
+    except ValueError:
+        return None
+    return moment.timestamp()
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def _merged(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -263,11 +328,18 @@ class Lab:
         self.plan = lab_plan(network)
         self.dc = self.plan.dc
         self.skewed_dc = self.plan.skewed_dc
+        assert self.plan.replica_dc is not None
+        self.replica_dc: Host = self.plan.replica_dc
         self.dead_dc = self.plan.dead_dc
         self.exchange_servers = self.plan.exchange_servers
         self.smtp_servers = self.plan.smtp_servers
         self.samba: SambaDC | None = None
         self.skewed_samba: SambaDC | None = None
+        self.replica_samba: SambaDC | None = None
+        self._replica = False  # dc3 is part of this lab (even while stop_samba holds it)
+        self.names: NameFiles | None = None  # the replicating DCs' hosts file and resolv.conf
+        self.dsa_guids: dict[str, str] = {}  # dc1/dc3 -> NTDS Settings objectGUID (replica lab)
+        self._samba_started_at = 0.0  # Unix time of the latest start of dc1's or dc3's samba
         self._ntp: dict[str, ManagedProcess] = {}
         self._smtp: dict[str, ManagedProcess] = {}
         self._dead_dc_sockets: list[socket.socket] = []
@@ -292,6 +364,7 @@ class Lab:
         skewed_dc: bool | None = None,
         dead_dc: bool = True,
         smtp: bool = True,
+        replica_dc: bool = False,
         network: str = DEFAULT_NETWORK,
         base_dir: Path | None = None,
         use_cache: bool = True,
@@ -299,8 +372,10 @@ class Lab:
     ) -> Lab:
         """Start the chosen components and return once every one of them answers.
 
-        ``samba``: dc1's Samba AD DC. ``ntp``: chronyd on both DCs and both Exchange servers.
+        ``samba``: dc1's Samba AD DC. ``ntp``: chronyd on the DCs and both Exchange servers.
         ``skewed_dc``: dc2's Samba KDC under libfaketime (default: whatever ``samba`` is).
+        ``replica_dc``: dc3, a second Samba AD DC joined to dc1, both replicating every 5 s
+        (needs ``samba``; the joined pair comes from the provision cache, built on first use).
         ``dead_dc``: dc9's silent UDP sockets (held by this process; no daemon).
         ``smtp``: the SMTP stand-ins of exch1, exch2 (+420 s) and exch3 on 25 and 2525.
         ``network``: first three octets of the addresses, so a second lab can run beside one.
@@ -308,7 +383,11 @@ class Lab:
         """
         if skewed_dc is None:
             skewed_dc = samba
-        problems = preflight(samba=samba, ntp=ntp, skewed_dc=skewed_dc, smtp=smtp)
+        if replica_dc and not samba:
+            raise LabError("the replica DC replicates with dc1: start it with samba=True too")
+        problems = preflight(
+            samba=samba, ntp=ntp, skewed_dc=skewed_dc, smtp=smtp, replica_dc=replica_dc
+        )
         if problems:
             raise LabError("the lab cannot run here:\n" + "\n".join(f"  - {p}" for p in problems))
         ours = set(lab_plan(network).addresses)
@@ -325,7 +404,14 @@ class Lab:
         lab._state.save()
         atexit.register(lab.stop)
         try:
-            lab.ensure(samba=samba, ntp=ntp, skewed_dc=skewed_dc, dead_dc=dead_dc, smtp=smtp)
+            lab.ensure(
+                samba=samba,
+                ntp=ntp,
+                skewed_dc=skewed_dc,
+                dead_dc=dead_dc,
+                smtp=smtp,
+                replica_dc=replica_dc,
+            )
         except BaseException:
             lab.stop()
             raise
@@ -339,16 +425,23 @@ class Lab:
         skewed_dc: bool = False,
         dead_dc: bool = False,
         smtp: bool = False,
+        replica_dc: bool = False,
     ) -> None:
-        """Start the named components if they are not running yet (an NTP-only lab can grow DCs)."""
+        """Start the named components if they are not running yet (an NTP-only lab can grow DCs).
+
+        The replica DC can only start together with dc1 (``samba=True`` on a lab without it):
+        the two start from one snapshot of the joined pair.
+        """
         start_samba = samba and self.samba is None
         start_ntp = ntp and not self._ntp
         start_skewed = skewed_dc and self.skewed_samba is None
         start_dead = dead_dc and not self._dead_dc_sockets
         start_smtp = smtp and not self._smtp
+        start_replica = replica_dc and not self._replica
         components = {
             "samba": start_samba,
             "skewed dc": start_skewed,
+            "replica dc": start_replica,
             "dead dc": start_dead,
             "ntp": start_ntp,
             "smtp": start_smtp,
@@ -357,19 +450,40 @@ class Lab:
             return
         if self._stopped:
             raise LabError("this lab has been stopped; start a new one")
+        if start_replica and not start_samba:
+            raise LabError(
+                "the replica DC starts only together with dc1 (both from the cached joined pair); "
+                "dc1 already runs"
+                if self.samba is not None
+                else "the replica DC replicates with dc1: ask for samba=True too"
+            )
         problems = preflight(
-            samba=start_samba, ntp=start_ntp, skewed_dc=start_skewed, smtp=start_smtp
+            samba=start_samba,
+            ntp=start_ntp,
+            skewed_dc=start_skewed,
+            smtp=start_smtp,
+            replica_dc=start_replica,
         )
         if problems:
             raise LabError("the lab cannot run here:\n" + "\n".join(f"  - {p}" for p in problems))
         started = time.monotonic()
+        if start_replica:
+            self._replica = True
 
-        ntp_hosts = self.hosts if start_ntp else ()
+        # chronyd for every host that serves NTP: all of them when NTP starts now, only the
+        # replica when NTP already runs.
+        ntp_hosts: tuple[Host, ...] = ()
+        if start_ntp:
+            ntp_hosts = self._ntp_hosts()
+        elif start_replica and self._ntp:
+            ntp_hosts = (self.replica_dc,)
         smtp_servers = self.smtp_servers if start_smtp else ()
         wanted = [("udp", host.address, 123) for host in ntp_hosts]
         wanted += [("tcp", s.address, port) for s in smtp_servers for port in s.ports]
         if start_samba:
             wanted += [(transport, self.dc.address, port) for transport, port in DC_PORTS]
+        if start_replica:
+            wanted += [(transport, self.replica_dc.address, port) for transport, port in DC_PORTS]
         if start_skewed:
             wanted += [
                 (transport, self.skewed_dc.address, port)
@@ -386,7 +500,7 @@ class Lab:
 
         # Samba takes longest to answer: spawn it first and wait for it last.
         if start_samba:
-            self._spawn_samba()
+            self._spawn_samba(replica=start_replica)
         if start_skewed:
             self._spawn_skewed_dc()
         if start_dead:
@@ -412,6 +526,10 @@ class Lab:
             self.skewed_samba.wait_ready(timeout=self._timeout)
         if self.samba is not None and start_samba:
             self.samba.wait_ready(timeout=self._timeout)
+        if self.replica_samba is not None and start_replica:
+            self.replica_samba.wait_ready(timeout=self._timeout)
+            # Up is not enough: a partner "never replicated" yet reads as a problem.
+            self.wait_replicated()
         self._write_password_file()
         log.info(
             "lab ready in %.2f s (%s) in %s",
@@ -456,7 +574,10 @@ class Lab:
     ) -> None:
         self.stop()
 
-    def _spawn_samba(self) -> None:
+    def _spawn_samba(self, *, replica: bool = False) -> None:
+        if replica:
+            self._spawn_replicating_pair()
+            return
         spec = self._dc_spec()
         folder = self.directory / self.dc.short_name
         password = provision(spec, folder, use_cache=self._use_cache, scratch=self.directory)
@@ -465,8 +586,45 @@ class Lab:
         self._write_password_file()
         self._record(self.samba.spawn())
 
+    def _spawn_replicating_pair(self) -> None:
+        """dc1 and dc3 from the cached joined pair, each in its mount namespace with our names."""
+        spec, replica_spec = self._dc_spec(), self._replica_spec()
+        pair = replica_pair(
+            spec,
+            replica_spec,
+            use_cache=self._use_cache,
+            scratch=self.directory,
+            record=self._record,
+            forget=self._forget,
+            timeout=self._timeout,
+        )
+        dc_folder = self.directory / self.dc.short_name
+        replica_folder = self.directory / self.replica_dc.short_name
+        pair.install(dc_folder, replica_folder)
+        self.dsa_guids = dict(pair.dsa_guids)
+        self.names = NameFiles(self.directory / "hosts", self.directory / "resolv.conf")
+        names = lab_names(spec, replica_spec, pair.dsa_guids)
+        for host in (*self.plan.hosts, self.dead_dc):
+            names.setdefault(host.name, host.address)
+        for smtp in self.smtp_servers:
+            names.setdefault(smtp.name, smtp.address)
+        self.names.write(names, [self.dc.address, self.replica_dc.address])
+        self.krb5_conf.write_text(krb5_conf(REALM, [self.dc.address, self.replica_dc.address]))
+        self.samba = SambaDC(spec, dc_folder, pair.admin_password, self.krb5_conf, names=self.names)
+        self.replica_samba = SambaDC(
+            replica_spec, replica_folder, pair.admin_password, self.krb5_conf, names=self.names
+        )
+        self._write_password_file()
+        self._samba_started_at = time.time()
+        self._record(self.samba.spawn())
+        self._record(self.replica_samba.spawn())
+
     def _dc_spec(self) -> DomainControllerSpec:
         return DomainControllerSpec(REALM, NETBIOS_DOMAIN, self.dc.short_name, self.dc.address)
+
+    def _replica_spec(self) -> DomainControllerSpec:
+        host = self.replica_dc
+        return DomainControllerSpec(REALM, NETBIOS_DOMAIN, host.short_name, host.address)
 
     def _spawn_skewed_dc(self) -> None:
         host = self.skewed_dc
@@ -514,7 +672,7 @@ class Lab:
         """Our daemons in the order they were started."""
         children = [
             dc.process
-            for dc in (self.samba, self.skewed_samba)
+            for dc in (self.samba, self.skewed_samba, self.replica_samba)
             if dc is not None and dc.process is not None
         ]
         return children + list(self._ntp.values()) + list(self._smtp.values())
@@ -522,6 +680,11 @@ class Lab:
     def _record(self, process: ManagedProcess) -> None:
         # Saved before waiting for readiness: a crash while waiting must still find it.
         self._state.processes.append(process.record)
+        self._state.save()
+
+    def _forget(self, process: ManagedProcess) -> None:
+        """Drop a process we stopped ourselves from the state file."""
+        self._state.processes = [r for r in self._state.processes if r != process.record]
         self._state.save()
 
     def _write_password_file(self) -> None:
@@ -549,17 +712,43 @@ class Lab:
 
     @property
     def hosts(self) -> tuple[Host, ...]:
-        """dc1, dc2 and the Exchange servers: every host that serves NTP (not the dead dc9)."""
-        return self.plan.hosts
+        """Every host the exporter's config lists: :attr:`domain_controllers` and the Exchange
+        servers that serve NTP (exch1, exch2). Not the dead dc9, not exch3 (SMTP only)."""
+        return (*self.domain_controllers, *self.exchange_servers)
 
     @property
     def domain_controllers(self) -> tuple[Host, ...]:
-        """The DCs that answer: dc1 (Samba AD DC) and dc2 (the KDC 420 s ahead)."""
-        return (self.dc, self.skewed_dc)
+        """The DCs that answer: dc1 (Samba AD DC), dc2 (the KDC 420 s ahead) unless this lab runs
+        neither its KDC nor its NTP server, and dc3 (the replica) when the lab has it, also
+        while :meth:`stop_samba` holds it stopped."""
+        found = [self.dc]
+        if self.skewed_samba is not None or self.skewed_dc.name in self._ntp or not self._started:
+            found.append(self.skewed_dc)
+        if self._replica:
+            found.append(self.replica_dc)
+        return tuple(found)
+
+    @property
+    def _started(self) -> bool:
+        return bool(self.samba or self.skewed_samba or self._ntp or self._smtp)
+
+    def _ntp_hosts(self) -> tuple[Host, ...]:
+        replica = (self.replica_dc,) if self._replica else ()
+        return (*self.plan.hosts[:2], *replica, *self.exchange_servers)
+
+    @property
+    def replica_dc_running(self) -> bool:
+        """True while dc3's samba runs (a replica lab, and not stopped with :meth:`stop_samba`)."""
+        return (
+            self.replica_samba is not None
+            and self.replica_samba.process is not None
+            and not self._stopped
+        )
 
     @property
     def samba_running(self) -> bool:
-        return self.samba is not None and not self._stopped
+        """True while dc1's samba runs (not stopped with :meth:`stop_samba`)."""
+        return self.samba is not None and self.samba.process is not None and not self._stopped
 
     @property
     def skewed_dc_running(self) -> bool:
@@ -719,6 +908,129 @@ class Lab:
     def ldap_paused(self) -> bool:
         return bool(self._paused_ldap)
 
+    # --- one DC's samba: stop, start, samba-tool ------------------------------------------------
+
+    def samba_of(self, host: Host | str) -> SambaDC:
+        """The Samba DC of dc1, dc2 or dc3 (by :class:`Host` or name, e.g. "dc3")."""
+        for candidate, samba in (
+            (self.dc, self.samba),
+            (self.skewed_dc, self.skewed_samba),
+            (self.replica_dc, self.replica_samba),
+        ):
+            if host in (candidate, candidate.name, candidate.short_name):
+                if samba is None:
+                    raise LabError(f"this lab runs no samba for {candidate.name}")
+                return samba
+        raise LabError(f"{host} is not one of this lab's Samba DCs")
+
+    def stop_samba(self, host: Host | str) -> None:
+        """Stop one DC's samba (its whole process group): its LDAP, KDC, DNS and RPC go away,
+        as for a DC that is switched off. The lab keeps listing it; :meth:`start_samba` starts
+        it again, on the same database. Safe to repeat."""
+        samba = self.samba_of(host)
+        process = samba.process
+        if process is None:
+            return
+        if samba is self.samba:
+            self.resume_ldap()
+        started = time.monotonic()
+        samba.stop()
+        self._forget(process)
+        log.info("stopped samba of %s in %.2f s", samba.spec.fqdn, time.monotonic() - started)
+
+    def start_samba(self, host: Host | str) -> None:
+        """Start a DC stopped with :meth:`stop_samba` again; returns once it answers."""
+        if self._stopped:
+            raise LabError("this lab has been stopped; start a new one")
+        samba = self.samba_of(host)
+        if samba.process is not None:
+            return
+        started = time.monotonic()
+        self._record(samba.spawn())
+        self._samba_started_at = time.time()
+        samba.wait_ready(timeout=self._timeout)
+        log.info("started samba of %s in %.2f s", samba.spec.fqdn, time.monotonic() - started)
+
+    def replication(self, host: Host | str) -> list[dict[str, Any]]:
+        """``samba-tool drs showrepl --json``'s ``repsFrom`` of one DC: one dict per (partner,
+        naming context) with "NC dn", "NTDS DN", "consecutive failures", "last success" ("" or
+        a date), "last attempt message", ..."""
+        samba = self.samba_of(host)
+        shown = samba.samba_tool(
+            "drs",
+            "showrepl",
+            "--json",
+            samba.spec.fqdn,
+            f"--username={self.admin_user}",
+            f"--password={samba.admin_password}",
+        )
+        reps_from: list[dict[str, Any]] = json.loads(shown.stdout).get("repsFrom", [])
+        return reps_from
+
+    def wait_replicated(self, timeout: float | None = None, *, since: float | None = None) -> None:
+        """Until dc1 and dc3 have each pulled every naming context from the other with success
+        after ``since`` (Unix time; default: when the later of the two samba processes started),
+        and count no failures, as ``samba-tool drs showrepl`` says.
+
+        After a DC restarts, its partner's next pull from it fails once on the connection it
+        still holds (result 64, WERR_NETNAME_DELETED) and the one after succeeds: a success
+        from before the restart proves nothing, hence ``since``.
+        """
+        if self.replica_samba is None:
+            raise LabError("this lab has no replica DC; start it with replica_dc=True")
+        hosts = (self.dc, self.replica_dc)
+        pending: dict[str, list[str]] = {}
+        # showrepl's times are whole seconds: a success in the second of ``since`` may be older.
+        after = math.floor(self._samba_started_at if since is None else since) + 1
+
+        def replicated() -> bool:
+            pending.clear()
+            # Both at once: each samba-tool run costs most of a second in Python start-up.
+            with ThreadPoolExecutor(len(hosts)) as pool:
+                shown = list(pool.map(self.replication, hosts))
+            for host, reps in zip(hosts, shown, strict=True):
+                waiting = [
+                    r["NC dn"]
+                    for r in reps
+                    if (_showrepl_time(r.get("last success")) or 0) < after
+                    or r.get("consecutive failures")
+                ]
+                if waiting or not reps:
+                    pending[host.name] = waiting or ["(no repsFrom yet)"]
+            return not pending
+
+        started = time.monotonic()
+        try:
+            wait_until(
+                replicated,
+                timeout=self._timeout if timeout is None else timeout,
+                what="dc1 and dc3 to replicate from each other",
+                interval=0.5,
+            )
+        except LabError as exc:
+            raise LabError(f"{exc}; still waiting: {pending}") from None
+        log.info("dc1 and dc3 replicate (checked in %.2f s)", time.monotonic() - started)
+
+    @contextmanager
+    def samba_stopped(self, host: Host | str) -> Iterator[None]:
+        """``with lab.samba_stopped(lab.replica_dc): ...``: stopped inside, started on leaving."""
+        self.stop_samba(host)
+        try:
+            yield
+        finally:
+            if not self._stopped:
+                self.start_samba(host)
+
+    def samba_tool(
+        self, host: Host | str, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """``samba-tool ARGS --configfile=<that DC's smb.conf>``, seeing the names and KDCs that
+        DC sees (a replica lab's hosts file, ``KRB5_CONFIG``); LabError on a non-zero exit
+        unless ``check`` is false. E.g. ``lab.samba_tool(lab.replica_dc, "drs", "showrepl",
+        "--json", lab.replica_dc.name, f"--username={lab.admin_user}",
+        f"--password={lab.admin_password}")``."""
+        return self.samba_of(host).samba_tool(*args, check=check)
+
     def failures(self) -> list[str]:
         """One line (plus log tail) per lab daemon that has exited since it started."""
         return [
@@ -737,8 +1049,8 @@ class Lab:
     def exporter_config(self, **overrides: Any) -> dict[str, Any]:
         """The exporter's configuration for this lab, as a YAML-ready dict.
 
-        Every host in :attr:`hosts` is listed: dc1 and dc2 as domain controllers, exch1 and
-        exch2 as Exchange servers. dc9, which answers nothing, is not; add it with
+        Every host in :attr:`hosts` is listed: dc1 and dc2 (and dc3 in a replica lab) as domain
+        controllers, exch1 and exch2 as Exchange servers. dc9, which answers nothing, is not; add it with
         ``domain_controllers={"static": [h.static_entry for h in (*lab.domain_controllers,
         lab.dead_dc)]}``. Nor is exch3, which serves SMTP but no NTP; list every SMTP server
         with ``exchange_servers={"static": [s.static_entry for s in lab.smtp_servers]}``

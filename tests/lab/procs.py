@@ -210,6 +210,10 @@ class ManagedProcess:
 
     Its output goes to ``log_path``. With ``stdin_lifeline`` its stdin is a pipe we never write
     to: ``samba -i`` exits when that pipe closes, so Samba dies with us even on SIGKILL.
+
+    ``runs``: the program the process ends up running when ``argv[0]`` is a wrapper that execs
+    it (``unshare ... samba``): its children run that program, and a later ``down`` must know
+    them by it.
     """
 
     def __init__(
@@ -220,12 +224,16 @@ class ManagedProcess:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         stdin_lifeline: bool = False,
+        runs: str | None = None,
     ) -> None:
         executable = shutil.which(argv[0])
-        if executable is None:
-            raise LabError(
-                f"{argv[0]} not found in PATH; install the Debian package that provides it"
-            )
+        final = shutil.which(runs) if runs is not None else executable
+        for command, found in ((argv[0], executable), (runs, final)):
+            if found is None:
+                raise LabError(
+                    f"{command} not found in PATH; install the Debian package that provides it"
+                )
+        assert executable is not None and final is not None
         self.name = name
         self.log_path = log_path
         self._log: IO[bytes] = log_path.open("ab")
@@ -242,7 +250,7 @@ class ManagedProcess:
             self._log.close()
             raise LabError(f"cannot start {name}: {exc}") from exc
         self.record = ProcessRecord(
-            name, self.popen.pid, start_time_of(self.popen.pid) or 0, os.path.realpath(executable)
+            name, self.popen.pid, start_time_of(self.popen.pid) or 0, os.path.realpath(final)
         )
         log.info("started %s (pid %d): %s", name, self.popen.pid, " ".join(argv))
 

@@ -337,12 +337,24 @@ def provision(
     ``overrides={"interfaces": ADDRESS, ...}``.
     """
     entry = provisioned_entry(spec, use_cache=use_cache, scratch=scratch or target.parent)
+    old_root = json.loads((entry / "meta.json").read_text())["targetdir"]
+    install_dc(entry / "dc", old_root, target, services=services, overrides=overrides)
+    return (entry / "admin-password").read_text()
+
+
+def install_dc(
+    source: Path,
+    old_root: str,
+    target: Path,
+    *,
+    services: Sequence[str] = SERVER_SERVICES,
+    overrides: Mapping[str, str] | None = None,
+) -> None:
+    """Copy the stopped DC folder ``source`` (its smb.conf naming ``old_root``) to ``target``."""
     started = time.monotonic()
     # cp -a keeps the NT ACLs Samba stores in extended attributes on sysvol.
-    _run(["cp", "-a", str(entry / "dc"), str(target)], what="copying the provisioned DC folder")
-    old_root = json.loads((entry / "meta.json").read_text())["targetdir"]
-    password = (entry / "admin-password").read_text()
-    log.info("copied provisioned DC from %s in %.2f s", entry, time.monotonic() - started)
+    _run(["cp", "-a", str(source), str(target)], what="copying the provisioned DC folder")
+    log.info("copied DC folder from %s in %.2f s", source, time.monotonic() - started)
     smb_conf = target / "etc" / "smb.conf"
     smb_conf.write_text(
         rewrite_smb_conf(
@@ -350,7 +362,17 @@ def provision(
         )
     )
     (target / "run").mkdir(exist_ok=True)
-    return password
+
+
+def remove_runtime_leftovers(folder: Path) -> None:
+    """What a stopped samba leaves that no copy needs (and cp cannot copy): sockets, logs."""
+    for name in ("run", "msg.sock"):
+        shutil.rmtree(folder / name, ignore_errors=True)
+    for path in [*folder.glob("log.*"), folder / "samba.log"]:
+        path.unlink(missing_ok=True)
+    for path in folder.rglob("*"):
+        if path.is_socket():
+            path.unlink()
 
 
 def krb5_conf(realm: str, kdc_addresses: Sequence[str]) -> str:
@@ -376,13 +398,118 @@ def krb5_conf(realm: str, kdc_addresses: Sequence[str]) -> str:
     )
 
 
+# Runs "$@" with the lab's hosts file and resolv.conf bind-mounted over the machine's, in a
+# mount namespace of its own: nothing outside the namespace sees them, and they go with it.
+_NAMESPACE_SCRIPT = (
+    'mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/resolv.conf && shift 2 && exec "$@"'
+)
+
+
+@dataclass(frozen=True)
+class NameFiles:
+    """A hosts file and a resolv.conf that replace the machine's for a command (and its children).
+
+    Replicating DCs must resolve each other's names and ``<NTDS Settings objectGUID>._msdcs``
+    names; the files give them those, and point any other lookup at the lab's own DNS, so no
+    query leaves loopback. The machine's /etc/hosts and /etc/resolv.conf are never touched.
+    """
+
+    hosts: Path
+    resolv_conf: Path
+
+    def write(self, names: Mapping[str, str], nameservers: Sequence[str]) -> None:
+        """``names``: name -> address. Written in place: a bind mount holds on to the inode."""
+        lines = ["127.0.0.1 localhost"] + [f"{address} {name}" for name, address in names.items()]
+        self._write(self.hosts, "\n".join(lines) + "\n")
+        servers = "".join(f"nameserver {address}\n" for address in nameservers)
+        self._write(self.resolv_conf, f"{servers}options timeout:1 attempts:1\n")
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
+        with path.open("a+") as handle:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(text)
+
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        return [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            _NAMESPACE_SCRIPT,
+            "lab-names",
+            str(self.hosts),
+            str(self.resolv_conf),
+            *argv,
+        ]
+
+
+def mount_namespace_problem() -> str | None:
+    """Why a command cannot get a mount namespace with bind mounts here; None when it can."""
+    try:
+        result = subprocess.run(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "mount",
+                "--bind",
+                "/etc/hosts",
+                "/etc/hosts",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unshare --mount failed: {exc}"
+    if result.returncode != 0:
+        return f"unshare --mount ... mount --bind failed: {result.stderr.strip()}"
+    return None
+
+
+def ntds_guids(folder: Path, domain_dn: str) -> dict[str, str]:
+    """Each DC's NTDS Settings objectGUID as the stopped DC in ``folder`` knows it, by the
+    short name of its server object (lower case)."""
+    result = subprocess.run(
+        [
+            "ldbsearch",
+            "-H",
+            str(folder / "private" / "sam.ldb"),
+            "-b",
+            f"CN=Sites,CN=Configuration,{domain_dn}",
+            "(objectClass=nTDSDSA)",
+            "objectGUID",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise LabError(f"ldbsearch of {folder}'s NTDS Settings failed: {result.stderr.strip()}")
+    found: dict[str, str] = {}
+    server = None
+    for line in result.stdout.splitlines():
+        if line.startswith("dn: "):
+            server = line[4:].split(",")[1].partition("=")[2].lower()
+        elif line.startswith("objectGUID: ") and server is not None:
+            found[server] = line.split(": ", 1)[1].strip()
+    return found
+
+
 @dataclass
 class SambaDC:
     """One provisioned domain controller folder and, once started, its ``samba`` process.
 
     ``clone_of``: the name of the DC whose database this folder is a copy of (its rootDSE then
     names that DC); ``clock_offset``: seconds its clock runs ahead, under libfaketime;
-    ``process_model``: ``samba -M`` (``single`` runs every service in one process).
+    ``process_model``: ``samba -M`` (``single`` runs every service in one process);
+    ``names``: the hosts file and resolv.conf samba and samba-tool see (a replicating DC's).
     """
 
     spec: DomainControllerSpec
@@ -394,6 +521,7 @@ class SambaDC:
     clock_offset: int = 0
     process_model: str | None = None
     clone_of: str | None = None
+    names: NameFiles | None = None
 
     @property
     def smb_conf(self) -> Path:
@@ -427,12 +555,16 @@ class SambaDC:
         model = ["-M", self.process_model] if self.process_model else []
         self.process = ManagedProcess(
             f"samba-{self.spec.host_name}",
-            ["samba", "-i", *model, "-s", str(self.smb_conf), "--debug-stdout"],
+            self._wrapped(["samba", "-i", *model, "-s", str(self.smb_conf), "--debug-stdout"]),
             log_path=self.log_path,
             env=self.env(),
             stdin_lifeline=True,
+            runs="samba",
         )
         return self.process
+
+    def _wrapped(self, argv: list[str]) -> list[str]:
+        return self.names.wrap(argv) if self.names is not None else argv
 
     def ready(self) -> bool:
         address = self.spec.address
@@ -494,7 +626,7 @@ class SambaDC:
     def samba_tool(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``samba-tool ARGS`` against this DC's own configuration (and sam.ldb by default)."""
         result = subprocess.run(
-            ["samba-tool", *args, f"--configfile={self.smb_conf}"],
+            self._wrapped(["samba-tool", *args, f"--configfile={self.smb_conf}"]),
             capture_output=True,
             text=True,
             env=faketime.environment(0, {**os.environ, "KRB5_CONFIG": str(self.krb5_conf)}),
@@ -507,5 +639,11 @@ class SambaDC:
         return result
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
+        """Stop samba (its whole process group); :meth:`spawn` starts it again."""
+        process, self.process = self.process, None
+        if process is not None:
+            process.stop()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.exit_reason() is None

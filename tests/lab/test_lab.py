@@ -52,6 +52,7 @@ from tests.lab.net import (
     root_dse_attribute,
     smtp_banner,
     smtp_session,
+    tcp_accepts,
 )
 from tests.lab.procs import process_state
 from tests.lab.samba import rewrite_smb_conf
@@ -289,6 +290,7 @@ def test_exporter_config_describes_the_lab(lab: Lab) -> None:
         "static": [
             {"name": "dc1.corp.example.test", "address": "127.0.10.10"},
             {"name": "dc2.corp.example.test", "address": "127.0.10.11"},
+            {"name": "dc3.corp.example.test", "address": "127.0.10.12"},  # the replica
         ],
     }
     assert config["exchange_servers"]["static"] == [
@@ -377,13 +379,18 @@ def test_a_second_lab_on_the_same_addresses_is_refused(lab: Lab) -> None:
 
 @pytest.mark.lab
 def test_teardown_leaves_no_process_alias_or_folder() -> None:
-    lab = Lab.start(network=TEARDOWN_NETWORK)
+    machine_names = {path: Path(path).read_text() for path in ("/etc/hosts", "/etc/resolv.conf")}
+    lab = Lab.start(network=TEARDOWN_NETWORK, replica_dc=True)
+    # The replicating DCs see their names through a mount namespace; the machine's files stay.
+    assert {path: Path(path).read_text() for path in machine_names} == machine_names
     pids = lab.pids()
     groups = [record.pid for record in lab.process_records()]
     addresses = set(lab.plan.addresses)
     assert f"{TEARDOWN_NETWORK}.23" in addresses  # exch3: SMTP only
+    assert f"{TEARDOWN_NETWORK}.12" in addresses  # dc3, the replica
     state_file = RUNTIME_DIR / f"{lab.directory.name}.json"
-    assert len(groups) == 9  # samba dc1 + samba dc2 + four chronyd + three SMTP stand-ins
+    # samba dc1, dc2 and dc3 + five chronyd + three SMTP stand-ins
+    assert len(groups) == 11
     assert len(pids) > 6  # dc1's samba forks a process per service
     assert addresses <= loopback_addresses()
     assert state_file.exists()
@@ -399,12 +406,13 @@ def test_teardown_leaves_no_process_alias_or_folder() -> None:
     assert addresses & loopback_addresses() == set()
     assert not lab.directory.exists()
     assert not state_file.exists()
+    assert {path: Path(path).read_text() for path in machine_names} == machine_names
 
 
 _CRASHING_OWNER = f"""
 import json, os
 from tests.lab import Lab
-lab = Lab.start(network={CRASH_NETWORK!r})
+lab = Lab.start(network={CRASH_NETWORK!r}, replica_dc=True)
 print(json.dumps({{
     "dir": str(lab.directory),
     "samba": [p for r in lab.process_records() if r.name.startswith("samba") for p in r.members()],
@@ -427,8 +435,8 @@ def test_down_cleans_up_after_an_owner_that_died() -> None:
     )
     assert owner.returncode == 0, owner.stderr
     left = json.loads(owner.stdout)
-    addresses = {f"{CRASH_NETWORK}.{n}" for n in (10, 11, 19, 21, 22, 23)}
-    assert len(left["chronyd"]) == 4
+    addresses = {f"{CRASH_NETWORK}.{n}" for n in (10, 11, 12, 19, 21, 22, 23)}
+    assert len(left["chronyd"]) == 5
     assert len(left["smtp"]) == 3
 
     # Samba's and the SMTP stand-ins' stdin was a pipe from the owner: they stop on their own
@@ -642,9 +650,9 @@ def test_each_account_holds_exactly_its_planned_spns(lab: Lab) -> None:
     for server in directory.members:
         present = directory.present_spns(server.name)
         assert {spn: spn in held[f"{server.name}$"] for spn in server.expected_spns} == present
-    # Provisioning's own accounts hold SPNs too, none of them Exchange's.
-    assert {"DC1$", "krbtgt"} <= set(held)
-    assert len(held) == len(directory.accounts) + 2
+    # Provisioning's own accounts (and the replica's) hold SPNs too, none of them Exchange's.
+    assert {"DC1$", "DC3$", "krbtgt"} <= set(held)
+    assert len(held) == len(directory.accounts) + 3
 
 
 @pytest.mark.parametrize("where", ["ldaps-636", "gc-3268-starttls", "gc-3269-ldaps"])
@@ -765,6 +773,132 @@ def test_pausing_ldap_hangs_ldap_while_kerberos_and_dns_answer(lab: Lab) -> None
         assert _entries(conn)[0]["attributes"]["dnsHostName"] == ["dc1.corp.example.test"]
     finally:
         conn.unbind()
+
+
+# --- the replica DC ---------------------------------------------------------------------------
+
+
+def _reps_from(lab: Lab, host: Host) -> dict[str, dict[str, Any]]:
+    """showrepl's repsFrom of ``host`` by naming context, each checked to name the other DC."""
+    other = lab.replica_dc if host == lab.dc else lab.dc
+    reps = lab.replication(host)
+    assert {r["NTDS DN"].split(",")[1] for r in reps} == {f"CN={other.short_name.upper()}"}
+    return {r["NC dn"]: r for r in reps}
+
+
+def test_the_replica_is_a_dc_of_its_own_that_replicates_with_dc1(lab: Lab) -> None:
+    replica = lab.replica_dc
+    assert (replica.name, replica.address, replica.role) == (
+        "dc3.corp.example.test",
+        "127.0.10.12",
+        "domain_controller",
+    )
+    assert lab.replica_dc_running
+    assert lab.domain_controllers == (lab.dc, lab.skewed_dc, replica)
+    assert replica in lab.hosts
+    assert root_dse_attribute(replica.address, "dnsHostName") == replica.name
+    assert kdc_error(replica.address, lab.realm)[0] == KDC_ERR_C_PRINCIPAL_UNKNOWN
+    lab.wait_replicated(timeout=30)
+    domain = lab.exchange_directory.domain_dn
+    expected = {
+        domain,
+        f"CN=Configuration,{domain}",
+        f"CN=Schema,CN=Configuration,{domain}",
+        f"DC=DomainDnsZones,{domain}",
+        f"DC=ForestDnsZones,{domain}",
+    }
+    for host in (lab.dc, replica):
+        reps = _reps_from(lab, host)
+        assert set(reps) == expected, host.name
+        for rep in reps.values():
+            assert rep["consecutive failures"] == 0
+            assert rep["last attempt message"] == "was successful"
+    reply = ntplib.NTPClient().request(replica.address, version=4, timeout=2)
+    assert reply.offset == pytest.approx(0, abs=0.05)
+
+
+def test_a_change_written_on_dc1_reaches_the_replica(lab: Lab) -> None:
+    token = f"replicated {time.time_ns()}"
+    users = f"CN=Users,{lab.exchange_directory.domain_dn}"
+    conn = _ldap(lab)
+    try:
+        changes = {"description": [("MODIFY_REPLACE", [token])]}
+        assert conn.modify(users, changes), conn.result  # type: ignore[no-untyped-call]
+    finally:
+        conn.unbind()
+    replica = _ldap(lab, f"ldaps://{lab.replica_dc.address}:636")
+    try:
+
+        def arrived() -> bool:
+            replica.search(
+                users, "(objectClass=*)", search_scope="BASE", attributes=["description"]
+            )
+            found: list[str] = _entries(replica)[0]["attributes"].get("description", [])
+            return found == [token]
+
+        assert _wait_for(arrived, timeout=30.0)
+    finally:
+        replica.unbind()
+
+
+def test_only_the_dcs_see_the_labs_names(lab: Lab) -> None:
+    assert lab.names is not None
+    guid_names = {f"{guid}._msdcs.{lab.domain}" for guid in lab.dsa_guids.values()}
+    assert len(guid_names) == 2
+    machine = Path("/etc/hosts").read_text()
+    assert not any(name in machine for name in guid_names)
+    for samba in (lab.samba, lab.replica_samba):
+        assert samba is not None and samba.process is not None
+        # /proc/PID/root is that process's view of the file system: its own mount namespace.
+        seen = Path(f"/proc/{samba.process.pid}/root/etc/hosts").read_text()
+        assert all(name in seen for name in guid_names)
+        resolv = Path(f"/proc/{samba.process.pid}/root/etc/resolv.conf").read_text()
+        assert resolv.split() == [
+            "nameserver",
+            lab.dc.address,
+            "nameserver",
+            lab.replica_dc.address,
+            "options",
+            "timeout:1",
+            "attempts:1",
+        ]
+    krb5 = lab.krb5_conf.read_text()
+    assert f"kdc = {lab.dc.address}" in krb5
+    assert f"kdc = {lab.replica_dc.address}" in krb5
+
+
+def test_stopping_a_dc_stops_its_samba_until_it_is_started_again(lab: Lab) -> None:
+    replica = lab.replica_dc
+    before = {record.name for record in lab.process_records()}
+    with lab.samba_stopped(replica):
+        assert not lab.replica_dc_running
+        assert not tcp_accepts(replica.address, 636)
+        assert "samba-dc3" not in {record.name for record in lab.process_records()}
+        assert lab.failures() == []  # stopped on purpose, not a failure
+        assert replica in lab.domain_controllers  # still part of the lab
+        lab.stop_samba(replica)  # again: nothing to do
+        # dc1 keeps trying, and counts its failures (Samba, like Windows, per attempt).
+        assert _wait_for(
+            lambda: all(r["consecutive failures"] > 0 for r in lab.replication(lab.dc)),
+            timeout=30.0,
+        )
+    assert lab.replica_dc_running
+    assert {record.name for record in lab.process_records()} == before
+    assert root_dse_attribute(replica.address, "dnsHostName") == replica.name
+    lab.wait_replicated(timeout=30)
+
+
+def test_samba_tool_runs_as_the_chosen_dc(lab: Lab) -> None:
+    for host in (lab.dc, lab.replica_dc):
+        shown = lab.samba_tool(
+            host, "testparm", "--suppress-prompt", "--parameter-name=netbios name"
+        )
+        assert shown.stdout.strip() == host.short_name.upper()
+    with pytest.raises(LabError, match="samba-tool no-such-command failed"):
+        lab.samba_tool(lab.dc, "no-such-command")
+    assert lab.samba_tool(lab.dc, "no-such-command", check=False).returncode != 0
+    with pytest.raises(LabError, match="not one of this lab's Samba DCs"):
+        lab.samba_tool(lab.dead_dc, "testparm")
 
 
 # --- the Exchange SMTP stand-ins --------------------------------------------------------------
@@ -1085,3 +1219,16 @@ def test_the_hostile_peer_fixture(
         with pytest.raises(TimeoutError):  # all of it, and the connection stays open
             sock.recv(1)
     assert peer.port != 0
+
+
+def test_showrepl_times_are_read_whatever_the_locale() -> None:
+    from tests.lab.lab import _showrepl_time
+
+    assert _showrepl_time("Sun Nov 29 12:00:58 2026 UTC") == calendar.timegm(
+        (2026, 11, 29, 12, 0, 58)
+    )
+    assert _showrepl_time("Mon Nov  9 02:00:58 2026 UTC") == calendar.timegm(
+        (2026, 11, 9, 2, 0, 58)
+    )
+    assert _showrepl_time("") is None  # never
+    assert _showrepl_time(None) is None

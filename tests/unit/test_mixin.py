@@ -19,10 +19,14 @@ import pytest
 import yaml
 
 from dashboards import render
-from dashboards.alerts import alert_rule_groups
+from dashboards.alerts import REPLICATION_RESULTS, alert_rule_groups
 from dashboards.config import CONFIG, MixinConfig, duration
-from dashboards.expressions import expressions, metric_names
+from dashboards.expressions import expressions, metric_names, recording_rule_names
 from dashboards.grafana import dashboards, panel_queries
+from dashboards.rules import CAUSE_VERDICT, EXCHANGE_SERVERS, VERDICT_CAUSES, recording_rule_groups
+from exporter.config import ClockCheck, ReplicationCheck
+from exporter.protocols.replication import RESULTS
+from exporter.verdicts import Cause
 
 ROOT = Path(__file__).resolve().parents[2]
 MIXIN = ROOT / "dashboards"
@@ -218,6 +222,7 @@ def test_dashboards() -> None:
         "exchange-auth-kerberos",
         "exchange-auth-spn",
         "exchange-auth-queues",
+        "exchange-auth-replication",
     }
     uids = set()
     for name, board in boards.items():
@@ -240,3 +245,70 @@ def test_dashboards() -> None:
         written = json.loads((MIXIN / "dashboards_out" / f"{name}.json").read_text())
         assert written == board
     assert len(uids) == len(boards)
+
+
+# --- the attribution reads the exporter's verdicts ------------------------------------------------
+
+
+def test_the_mixin_knows_every_cause_of_the_exporter_in_kb_order() -> None:
+    assert [c.name for c in VERDICT_CAUSES] == [c.value for c in Cause]
+    steps = [c.kb_step for c in VERDICT_CAUSES if c.kb_step is not None]
+    assert steps == ["1", "2", "3", "4", "5", "6"]
+    assert dict((c.name, c.kb_step) for c in VERDICT_CAUSES)["replication"] == "2"
+
+
+def test_verdicts_are_read_not_derived() -> None:
+    rules = {r["record"]: r["expr"] for g in recording_rule_groups(CONFIG) for r in g["rules"]}
+    assert metric_names(rules[EXCHANGE_SERVERS]) == {
+        "exchange_auth_cause",
+        "exchange_auth_cause_unknown",
+        "exchange_auth_server_info",  # only to leave the Edge servers out
+    }
+    assert metric_names(rules[CAUSE_VERDICT]) == {
+        "exchange_auth_cause",
+        "exchange_auth_cause_unknown",
+        EXCHANGE_SERVERS,
+    }
+    # The overview matrix is the verdict rule, nothing else.
+    overview = dashboards(CONFIG)["exchange-auth-overview"]
+    (matrix,) = [p for p in overview["panels"] if p.get("title") == "Causes by Exchange server"]
+    assert [t["expr"] for t in matrix["targets"]] == [
+        f'{CAUSE_VERDICT}{{job=~"$job", server=~"$server"}}'
+    ]
+    # The symptom alerts list the causes the exporter finds, and those it could not judge.
+    symptoms = {
+        r["alert"]: r
+        for r in alert_rules()
+        if r["alert"] in ("ExchangeAuthQueueAuthErrors", "ExchangeAuthSmtpLogAuthFailures")
+    }
+    assert len(symptoms) == 2
+    for rule in symptoms.values():
+        description = rule["annotations"]["description"]
+        assert f"{CAUSE_VERDICT}{{job=%q,instance=%q,server=%q," in description
+        assert "exchange_auth_cause_unknown{" in description
+
+
+def test_thresholds_agree_with_the_exporters_verdicts() -> None:
+    # The exporter counts a skew above max_skew - warning_margin as a problem, like the
+    # near-tolerance alert; replication is stale after the same age. Same defaults, or the
+    # matrix and the alerts would disagree.
+    clock, replication = ClockCheck(), ReplicationCheck()
+    assert CONFIG.kerberos_tolerance_seconds == clock.max_skew
+    assert CONFIG.skew_warning_seconds == clock.max_skew - clock.warning_margin
+    assert CONFIG.replication_stale_after_seconds == replication.stale_after
+
+
+def test_replication_results_are_the_exporters_and_the_runbook_explains_them() -> None:
+    names = {result.name: code for code, result in RESULTS.items()}
+    assert set(REPLICATION_RESULTS) <= set(names)
+    runbook = RUNBOOK.read_text()
+    for code in (1311, 1722, 1256, 8453, 8524, 8606, 8614):
+        name = RESULTS[code].name
+        assert re.search(rf"^\| {code} \| `{name}` \|", runbook, re.M), (code, name)
+        assert name in REPLICATION_RESULTS, name
+    for command in ("repadmin /showrepl", "repadmin /replsummary", "repadmin /syncall /AdeP"):
+        assert command in runbook, command
+
+
+def test_recording_rules_do_not_shadow_exporter_metrics() -> None:
+    assert all(name.startswith("exchange_auth:") for name in recording_rule_names(CONFIG))
