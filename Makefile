@@ -36,9 +36,13 @@ fmt: venv
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-bench: venv
+# Benchmarks (not tests): each prints ratios against a baseline measured in the same run.
+bench: system-deps venv
 	$(PY) bench/clock_fanout.py
 	$(PY) bench/kerberos_fanout.py
+	$(PY) bench/duplicate_scan.py
+	$(PY) bench/protocol_log.py
+	$(PY) bench/replication.py
 
 # Regenerate the monitoring mixin (alerts, recording rules, dashboards) after changing dashboards/.
 mixin: venv

@@ -3,7 +3,7 @@
 set -euo pipefail
 
 packages=(samba samba-ad-dc winbind krb5-user ldb-tools ldap-utils chrony faketime prometheus iproute2
-  prometheus-blackbox-exporter chromium)
+  prometheus-blackbox-exporter chromium time)
 
 missing=()
 for pkg in "${packages[@]}"; do

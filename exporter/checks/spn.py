@@ -7,11 +7,16 @@ lookup every ``checks.spn.refresh_interval``, the forest-wide duplicate search e
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ldap3.utils.conv import escape_filter_chars
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -88,7 +93,7 @@ def _search_target(settings: Settings) -> tuple[LdapClient, str | None]:
     return client_for(LdapTarget.from_settings(settings.ldap)), None
 
 
-def _default_nc(client: LdapClient, deadline: float) -> str:
+def default_naming_context(client: LdapClient, deadline: float) -> str:
     base = client.root_dse(["defaultNamingContext"], deadline).first("defaultNamingContext")
     if not base:
         raise LdapError("search_failed", "rootDSE has no defaultNamingContext")
@@ -113,7 +118,7 @@ async def scan_server_accounts(
     deadline = time.monotonic() + settings.ldap.timeout * (1 + len(servers) // _SERVERS_PER_SEARCH)
 
     def lookup() -> list[LdapEntry]:
-        search_base = _default_nc(client, deadline) if base is None else base
+        search_base = default_naming_context(client, deadline) if base is None else base
         entries: list[LdapEntry] = []
         for start in range(0, len(servers), _SERVERS_PER_SEARCH):
             terms = "".join(
@@ -233,16 +238,47 @@ async def scan_duplicates(
             settings.ldap.url,
         )
         _warned_scope = True
-    deadline = time.monotonic() + settings.ldap.timeout
+    # Decoding the whole forest's SPNs takes seconds of CPU: in a child process, so the event
+    # loop keeps serving scrapes meanwhile (exporter/scan_worker.py).
+    result = await _in_child_process(
+        request_for(client.target, base), settings.checks.duplicate_spn.refresh_interval
+    )
+    if "error" in result:
+        raise LdapError(result["error"]["reason"], result["error"]["detail"])
+    owners = {key: (spn, tuple(dns)) for key, (spn, dns) in result["owners"].items()}
+    return Duplicates(scope, int(result["objects"]), int(result["values"]), owners)
 
-    def scan() -> tuple[int, int, dict[str, tuple[str, tuple[str, ...]]]]:
-        search_base = _default_nc(client, deadline) if base is None else base
-        return find_duplicates(
-            client.paged(search_base, "(servicePrincipalName=*)", ["servicePrincipalName"])
+
+def request_for(target: LdapTarget, base: str | None) -> bytes:
+    """What exporter/scan_worker.py reads on its standard input (the password included)."""
+    fields: dict[str, Any] = {k: v for k, v in target.__dict__.items() if k != "password"}
+    password = target.password.get_secret_value() if target.password else None
+    return json.dumps({"target": fields, "password": password, "base": base}).encode()
+
+
+async def _in_child_process(request: bytes, limit: float) -> dict[str, Any]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "exporter.scan_worker",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(request), limit)
+    except BaseException:  # timeout, or the exporter stopping: never leave the child behind
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    if process.returncode != 0:
+        tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+        raise LdapError(
+            "search_failed", f"duplicate scan process exited {process.returncode}: {tail[0]}"
         )
-
-    objects, values, owners = await run_in_ldap_thread(scan)
-    return Duplicates(scope, objects, values, owners)
+    answer: dict[str, Any] = json.loads(out)
+    return answer
 
 
 def _duplicate_metrics(
