@@ -1,7 +1,8 @@
 """One run of the exporter's duplicate-SPN scan in a process of its own; prints JSON.
 
-Used by bench/duplicate_scan.py, so the peak RSS it reports is the scan's process alone: the
-interpreter, the exporter's imports and the scan. VmHWM, not ``ru_maxrss``: Linux carries the
+The exporter itself runs the scan in a child (``python -m exporter.scan_worker``); this does
+what that child does, so the peak RSS it reports is the scan's process alone: the interpreter,
+the exporter's imports and the scan. VmHWM, not ``ru_maxrss``: Linux carries the
 parent's RSS at fork into the child's ``ru_maxrss`` across exec, and VmHWM starts afresh.
 
     python bench/duplicate_scan_worker.py CONFIG.yml
@@ -9,7 +10,6 @@ parent's RSS at fork into the child's ``ru_maxrss`` across exec, and VmHWM start
 
 from __future__ import annotations
 
-import asyncio
 import json
 import resource
 import sys
@@ -18,10 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.checks.spn import scan_duplicates
+from exporter.checks.spn import _search_target, request_for
 from exporter.config import load_file
-from exporter.inventory import build_inventory
-from exporter.ldap import close_all
+from exporter.scan_worker import run
 
 
 def _cpu() -> float:
@@ -39,23 +38,25 @@ def peak_rss_kb() -> int:
 
 def main() -> None:
     settings = load_file(sys.argv[1])
-    inventory = asyncio.run(build_inventory(settings))
+    client, base = _search_target(settings)
+    request = json.loads(request_for(client.target, base))
     rss_before = peak_rss_kb()
     cpu0, wall0 = _cpu(), time.perf_counter()
-    # The exporter's own code path: ldap3 paged search in its LDAP thread pool, then grouping.
-    result = asyncio.run(scan_duplicates(settings, inventory))
+    # The exporter's own code path: the child's ldap3 paged search, then grouping.
+    result = run(request)
     wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
-    close_all()
+    if "error" in result:
+        raise SystemExit(f"scan failed: {result['error']}")
     json.dump(
         {
             "wall": wall,
             "cpu": cpu,
             "rss_before_kb": rss_before,
             "rss_kb": peak_rss_kb(),
-            "scope": result.scope,
-            "objects": result.objects,
-            "values": result.spns,
-            "duplicates": {key: list(owners) for key, (_, owners) in result.owners.items()},
+            "scope": "forest" if base == "" else "domain",
+            "objects": result["objects"],
+            "values": result["values"],
+            "duplicates": {key: owners for key, (_, owners) in result["owners"].items()},
         },
         sys.stdout,
     )
