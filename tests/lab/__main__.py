@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -72,6 +73,21 @@ def _describe(lab: Lab, seconds: float, config: Path) -> str:
 Foreground = Callable[[Lab, Path, threading.Event], int]
 
 
+def _everything(lab: Lab) -> dict[str, Any]:
+    """Every source the lab can feed: LDAP discovery, the Global Catalog, all clock sources."""
+    if not lab.samba_running:
+        return {}
+    return {
+        "exchange_servers": {
+            "discover": "ldap",
+            "static": [s.static_entry for s in lab.smtp_servers],
+        },
+        "dns": {"nameservers": [lab.dns_server], "timeout": "1s"},
+        "ldap": {"global_catalog_url": lab.gc_ldaps_url},
+        "checks": {"clock": {"sources": ["ntp", "kerberos", "smtp", "ldap"]}},
+    }
+
+
 def _run_lab(args: argparse.Namespace, foreground: Foreground) -> int:
     ready_file: Path | None = args.ready_file
     if ready_file is not None:
@@ -102,7 +118,7 @@ def _run_lab(args: argparse.Namespace, foreground: Foreground) -> int:
         log.error("%s", exc)
         return 1
     with lab:
-        config = lab.write_exporter_config()
+        config = lab.write_exporter_config(**_everything(lab))
         print(_describe(lab, time.monotonic() - started, config), flush=True)
         try:
             return foreground(lab, config, stop)
@@ -144,7 +160,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 what=f"the exporter on {args.listen}",
                 abort=lambda: None if exporter.poll() is None else "it exited",
             )
-            print(f"exporter: http://{args.listen}/  (metrics at /metrics)", flush=True)
+            print(
+                f"exporter: http://{args.listen}/ (the verdict matrix), /metrics; try also\n"
+                f"  .venv/bin/exchange-auth-exporter diagnose --config.file={config}",
+                flush=True,
+            )
             print(_first_scrape(f"http://{args.listen}/metrics"), flush=True)
             if args.ready_file is not None:
                 args.ready_file.touch()
