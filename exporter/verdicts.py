@@ -140,12 +140,17 @@ def _clock_skew(evidence: Evidence, server: Server) -> Verdict:
     )
 
 
+_EDGE = "Edge Transport server: not a domain member, no SPNs"
+
+
+def _is_edge(server: Server) -> bool:
+    return server.exchange is not None and server.exchange.edge
+
+
 def _spn_missing(evidence: Evidence, server: Server) -> Verdict:
     cause = Cause.SPN_MISSING
-    if server.exchange is not None and server.exchange.edge:
-        return Verdict(
-            server.name, cause, State.OK, ("Edge Transport server: not a domain member, no SPNs",)
-        )
+    if _is_edge(server):
+        return Verdict(server.name, cause, State.OK, (_EDGE,))
     state = evidence.scan("spn")
     if state is None:
         return _unknown(server, cause, "no_scan", "the SPN scan has not succeeded yet")
@@ -182,10 +187,8 @@ def _spn_missing(evidence: Evidence, server: Server) -> Verdict:
 
 def _spn_duplicate(evidence: Evidence, server: Server) -> Verdict:
     cause = Cause.SPN_DUPLICATE
-    if server.exchange is not None and server.exchange.edge:
-        return Verdict(
-            server.name, cause, State.OK, ("Edge Transport server: not a domain member, no SPNs",)
-        )
+    if _is_edge(server):
+        return Verdict(server.name, cause, State.OK, (_EDGE,))
     state = evidence.scan("duplicate_spn")
     if state is None:
         return _unknown(server, cause, "no_scan", "the duplicate SPN scan has not succeeded yet")
