@@ -40,7 +40,8 @@ def test_offsets_and_skew_of_the_lab_clocks(lab: Lab, tmp_path: Path) -> None:
         assert value(text, "exchange_auth_ntp_stratum", **labels) == 8  # chrony's `local stratum 8`
         assert value(text, "exchange_auth_ntp_leap", **labels) == 0
         uncertainty = value(text, "exchange_auth_clock_uncertainty_seconds", **labels, source="ntp")
-        assert uncertainty is not None and 0 < uncertainty < 0.01
+        # Loopback, but a loaded 2-core CI machine delays the loop: the offset tolerance bounds it.
+        assert uncertainty is not None and 0 < uncertainty < 0.05
 
     skewed = {h.name: h.ntp_offset for h in lab.exchange_servers}
     for exchange, expected in skewed.items():

@@ -53,7 +53,7 @@ async def test_silent_peer_times_out_at_the_deadline(peer: NtpPeer) -> None:
     with pytest.raises(CheckError) as caught:
         await ntp_query("127.0.0.1", port, deadline_in(0.3))
     assert caught.value.reason == "timeout"
-    assert 0.28 < loop.time() - started < 0.4
+    assert 0.28 < loop.time() - started < 0.6
     assert peer.requests() == 1
 
 

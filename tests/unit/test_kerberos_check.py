@@ -76,7 +76,7 @@ async def test_silent_ports_time_out_at_the_deadline(peer: KdcPeer) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     result = await check_kerberos(context(0.3), target, SETTINGS)
-    assert loop.time() - started < 0.45
+    assert loop.time() - started < 0.6
     assert {p.reason for p in result.ports} == {"timeout"}
 
 
