@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import ctypes
 import http.client
 import json
 import logging
@@ -33,7 +32,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,7 +53,9 @@ from bulk_directory import (
     lab_cache_root,
     planted_duplicates,
 )
+from processes import die_with_parent
 
+from tests.integration.exporter_process import free_port
 from tests.lab.directory import domain_dn
 from tests.lab.errors import LabError
 from tests.lab.lab import Lab
@@ -401,18 +401,6 @@ def report(comparisons: list[Comparison], plan: BulkPlan, rounds: int) -> bool:
 # --- scrape latency while the exporter scans -------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    # If the bench is killed outright (no finally), the exporter must not outlive it.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 _SCAN_LINE = re.compile(
     rb'^exchange_auth_(last_success_timestamp_seconds|scan_duration_seconds)\{scan="duplicate_spn"\} (\S+)$',
     re.M,
@@ -438,7 +426,7 @@ class Exporter:
     """The real exporter (``python -m exporter``) on a free loopback port, logging to a file."""
 
     def __init__(self, config: Path, log_path: Path, source: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.log_path = log_path
         self.log = log_path.open("wb")
         env = {**os.environ, "PYTHONPATH": str(source)}
@@ -458,7 +446,7 @@ class Exporter:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # out of Ctrl-C's reach: we stop it ourselves, in order
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
     def memory(self) -> str:

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import ctypes
 import errno
 import multiprocessing
 import os
@@ -46,6 +45,8 @@ from prometheus_client.exposition import generate_latest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from processes import die_with_parent
+
 from exporter.checks.kerberos import SPEC as KERBEROS
 from exporter.checks.kerberos import KerberosResult
 from exporter.config import Settings
@@ -53,6 +54,7 @@ from exporter.inventory import build_inventory
 from exporter.metrics import ReloadStatus, ScrapeCollector
 from exporter.protocols.krb5 import frame_tcp
 from exporter.scrape import run_scrape
+from tests.integration.exporter_process import free_port
 from tests.kdc_peer import reply_for
 
 KDC, KPASSWD = 88, 464
@@ -312,18 +314,6 @@ def responders(count: int) -> Iterator[tuple[list[Endpoint], str]]:
 # --- blackbox_exporter, in its own process ---------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    # If the bench is killed outright (no finally), blackbox_exporter must not outlive it.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Blackbox:
     """A private blackbox_exporter with one module, ``tcp_connect``, on a free loopback port."""
 
@@ -333,7 +323,7 @@ class Blackbox:
         config = workdir / "blackbox.yml"
         config.write_text(self.CONFIG)
         self.log = (workdir / "blackbox.log").open("w+b")
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [
@@ -346,7 +336,7 @@ class Blackbox:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # out of Ctrl-C's reach: we stop it ourselves, in order
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self.ticks = os.sysconf("SC_CLK_TCK")
 
