@@ -179,10 +179,15 @@ def _server_metrics(
     yield from (found, present, count)
 
 
+def _with_bind_account(enabled: bool, interval: float, settings: Settings) -> float | None:
+    """A scan's interval, when it is enabled and there is an account to search the directory with."""
+    wanted = enabled and settings.ldap is not None and settings.ldap.user is not None
+    return interval if wanted else None
+
+
 def _spn_interval(settings: Settings) -> float | None:
     spn = settings.checks.spn
-    wanted = spn.enabled and settings.ldap is not None and settings.ldap.user is not None
-    return spn.refresh_interval if wanted else None
+    return _with_bind_account(spn.enabled, spn.refresh_interval, settings)
 
 
 SERVER_SPN_SCAN: Scan[ServerAccounts] = Scan(
@@ -333,8 +338,7 @@ def _duplicate_metrics(
 
 def _duplicate_interval(settings: Settings) -> float | None:
     duplicate = settings.checks.duplicate_spn
-    wanted = duplicate.enabled and settings.ldap is not None and settings.ldap.user is not None
-    return duplicate.refresh_interval if wanted else None
+    return _with_bind_account(duplicate.enabled, duplicate.refresh_interval, settings)
 
 
 DUPLICATE_SCAN: Scan[Duplicates] = Scan(
