@@ -20,15 +20,7 @@ SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "diagnose.schema.json"
 
 
 def run(lab: Lab, tmp_path: Path, *args: str, **overrides: Any) -> subprocess.CompletedProcess[str]:
-    config = lab.exporter_config(
-        **{
-            "exchange_servers": {"discover": "ldap"},
-            "dns": {"nameservers": [lab.dns_server], "timeout": "1s"},
-            "ldap": {"global_catalog_url": lab.gc_ldaps_url},
-            "checks": {"clock": {"sources": ["ntp", "kerberos", "ldap"]}},
-            **overrides,
-        }
-    )
+    config = lab.directory_exporter_config(**overrides)
     path = tmp_path / "exporter.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return subprocess.run(

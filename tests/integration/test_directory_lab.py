@@ -19,26 +19,7 @@ pytestmark = pytest.mark.lab
 
 
 def directory_config(lab: Lab, **overrides: Any) -> dict[str, Any]:
-    base = {
-        # Discovered servers are looked up in the AD DNS, never the host's resolver.
-        "dns": {"nameservers": [lab.dns_server], "timeout": "1s"},
-        "exchange_servers": {"discover": "ldap"},
-        "ldap": {"global_catalog_url": lab.gc_ldaps_url},
-        "checks": {"clock": {"sources": ["ntp", "kerberos", "ldap"]}},
-    }
-    config = lab.exporter_config(**base)
-    return _merge(config, overrides)
-
-
-def _merge(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    for key, item in overrides.items():
-        if isinstance(item, dict) and isinstance(config.get(key), dict):
-            _merge(config[key], item)
-        elif item is None:
-            config.pop(key, None)
-        else:
-            config[key] = item
-    return config
+    return lab.directory_exporter_config(**overrides)
 
 
 @contextmanager

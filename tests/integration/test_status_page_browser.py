@@ -64,10 +64,7 @@ def chromium(tmp_path: Path, *args: str) -> str:
 
 
 def test_the_matrix_shows_each_servers_causes(lab: Lab, tmp_path: Path) -> None:
-    config = lab.exporter_config(
-        exchange_servers={"discover": "ldap"},
-        dns={"nameservers": [lab.dns_server], "timeout": "1s"},
-        ldap={"global_catalog_url": lab.gc_ldaps_url},
+    config = lab.directory_exporter_config(
         domain_controllers={"static": [{"name": lab.dc.name, "address": lab.dc.address}]},
     )
     path = tmp_path / "exporter.yml"

@@ -13,8 +13,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.lab.errors import LabError
@@ -73,21 +73,6 @@ def _describe(lab: Lab, seconds: float, config: Path) -> str:
 Foreground = Callable[[Lab, Path, threading.Event], int]
 
 
-def _everything(lab: Lab) -> dict[str, Any]:
-    """Every source the lab can feed: LDAP discovery, the Global Catalog, all clock sources."""
-    if not lab.samba_running:
-        return {}
-    return {
-        "exchange_servers": {
-            "discover": "ldap",
-            "static": [s.static_entry for s in lab.smtp_servers],
-        },
-        "dns": {"nameservers": [lab.dns_server], "timeout": "1s"},
-        "ldap": {"global_catalog_url": lab.gc_ldaps_url},
-        "checks": {"clock": {"sources": ["ntp", "kerberos", "smtp", "ldap"]}},
-    }
-
-
 def _run_lab(args: argparse.Namespace, foreground: Foreground) -> int:
     ready_file: Path | None = args.ready_file
     if ready_file is not None:
@@ -118,7 +103,17 @@ def _run_lab(args: argparse.Namespace, foreground: Foreground) -> int:
         log.error("%s", exc)
         return 1
     with lab:
-        config = lab.write_exporter_config(**_everything(lab))
+        # With a DC: everything the directory gives, the SMTP stand-ins and every clock source.
+        everything = (
+            lab.directory_exporter_config(
+                exchange_servers={"static": [s.static_entry for s in lab.smtp_servers]},
+                checks={"clock": {"sources": ["ntp", "kerberos", "smtp", "ldap"]}},
+            )
+            if lab.samba_running
+            else lab.exporter_config()
+        )
+        config = lab.directory / "exporter.yml"
+        config.write_text(yaml.safe_dump(everything, sort_keys=False))
         print(_describe(lab, time.monotonic() - started, config), flush=True)
         try:
             return foreground(lab, config, stop)

@@ -1082,6 +1082,18 @@ class Lab:
         }
         return _merged(config, overrides)
 
+    def directory_exporter_config(self, **overrides: Any) -> dict[str, Any]:
+        """:meth:`exporter_config` plus everything the directory gives: Exchange servers
+        discovered from AD (resolved through the lab's DNS, never the host's), the Global
+        Catalog for duplicates, and the Kerberos and LDAP clocks. ``overrides`` merge last."""
+        config = self.exporter_config(
+            dns={"nameservers": [self.dns_server], "timeout": "1s"},
+            exchange_servers={"discover": "ldap"},
+            ldap={"global_catalog_url": self.gc_ldaps_url},
+            checks={"clock": {"sources": ["ntp", "kerberos", "ldap"]}},
+        )
+        return _merged(config, overrides)
+
     def write_exporter_config(self, path: Path | None = None, **overrides: Any) -> Path:
         """Write :meth:`exporter_config` as YAML (default ``<lab dir>/exporter.yml``)."""
         path = path or self.directory / "exporter.yml"
