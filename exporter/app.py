@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -21,9 +22,12 @@ from .checks.base import CheckSpec
 from .config import ConfigError, Settings, load_file
 from .inventory import Inventory, build_inventory, refresh_interval
 from .metrics import ReloadStatus, ScrapeCollector
+from .probe import ProbeState, handle_probe, service_discovery, with_probe_metrics
 from .scrape import ScrapeResult, run_scrape, scrape_budget
+from .shard import WHOLE, Shard, checks_with_clock_peers
 from .status_page import render_status_page
 from .verdicts import Evidence, verdicts
+from .web_config import WebSecurity
 
 __all__ = ["RUNTIME", "Runtime", "make_app"]
 
@@ -44,13 +48,17 @@ class Runtime:
         inventory: Inventory,
         checks: Sequence[CheckSpec[Any, Any]] = CHECKS,
         scans: Sequence[Scan[Any]] = SCANS,
+        shard: Shard = WHOLE,
     ) -> None:
         self.config_file = config_file
+        self.shard = shard
         self.checks = checks
         self.scans = ScanRunner(scans, lambda: self.settings, lambda: self.inventory)
         self.settings = settings
         self.inventory = inventory
         self.reload_status = ReloadStatus(successful=True, last_success=time.time())
+        # --web.config.file (TLS, basic auth): reloaded with the configuration, all or nothing.
+        self.web_security: WebSecurity | None = None
         self._lock = asyncio.Lock()
         self._inflight: asyncio.Task[ScrapeResult] | None = None
         self.last_result: ScrapeResult | None = None
@@ -68,22 +76,31 @@ class Runtime:
         deadline = loop.time() + budget
         task = self._inflight
         if task is None or task.done() or self._inflight_deadline > deadline:
-            task = asyncio.create_task(
-                run_scrape(self.settings, self.inventory, budget, self.checks)
-            )
+            inventory, checks = self.inventory, list(self.checks)
+            if inventory.clock_peers:  # sharded: the other shards' DCs are read for clocks only
+                checks = checks_with_clock_peers(checks, inventory.clock_peers)
+                inventory = dataclasses.replace(
+                    inventory, servers=(*inventory.servers, *inventory.clock_peers)
+                )
+            task = asyncio.create_task(run_scrape(self.settings, inventory, budget, checks))
             self._inflight, self._inflight_deadline = task, deadline
-        return await asyncio.shield(task)
+        result = await asyncio.shield(task)
+        # The status page reads this instead of probing again when Prometheus scraped lately.
+        if self.last_result is None or result.finished_at >= self.last_result.finished_at:
+            self.last_result = result
+        return result
 
     @classmethod
-    async def load(cls, config_file: Path) -> Runtime:
+    async def load(cls, config_file: Path, shard: Shard = WHOLE) -> Runtime:
         settings = load_file(config_file)
         _log_warnings(settings)
-        return cls(config_file, settings, await build_inventory(settings))
+        inventory = await build_inventory(settings, shard=shard)
+        return cls(config_file, settings, inventory, shard=shard)
 
     async def refresh_inventory(self) -> None:
         """Run discovery again; what a failing discovery found before is kept."""
         async with self._lock:
-            inventory = await build_inventory(self.settings, self.inventory)
+            inventory = await build_inventory(self.settings, self.inventory, self.shard)
             changed = {s.name for s in inventory.servers} != {
                 s.name for s in self.inventory.servers
             }
@@ -96,7 +113,10 @@ class Runtime:
         async with self._lock:
             try:
                 settings = await asyncio.to_thread(load_file, self.config_file)
-                inventory = await build_inventory(settings, self.inventory)
+                web_config = (
+                    None if self.web_security is None else await self.web_security.load_again()
+                )
+                inventory = await build_inventory(settings, self.inventory, self.shard)
             except Exception as exc:
                 self.reload_status = ReloadStatus(False, self.reload_status.last_success)
                 if isinstance(exc, ConfigError):
@@ -104,6 +124,8 @@ class Runtime:
                 raise ConfigError(str(self.config_file), [f"unexpected error: {exc!r}"]) from exc
             _log_warnings(settings)
             self.settings, self.inventory = settings, inventory
+            if self.web_security is not None and web_config is not None:
+                self.web_security.apply(web_config)
             self.reload_status = ReloadStatus(True, time.time())
             self.scans.wake()
             log.info(
@@ -125,6 +147,7 @@ def _log_warnings(settings: Settings) -> None:
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
+PROBES = web.AppKey("probes", ProbeState)
 
 
 async def _background_scans(app: web.Application) -> AsyncIterator[None]:
@@ -161,8 +184,11 @@ async def metrics(request: web.Request) -> web.Response:
     reserve = min(runtime.exposition_seconds * 1.5, 1.0)
     budget = scrape_budget(request.headers.get(TIMEOUT_HEADER), settings, reserve)
     result = await runtime.scrape(budget)
-    collector = ScrapeCollector(
-        result, settings, inventory, runtime.reload_status, runtime.checks, runtime.scans
+    collector = with_probe_metrics(
+        ScrapeCollector(
+            result, settings, inventory, runtime.reload_status, runtime.checks, runtime.scans
+        ),
+        request.app[PROBES],
     )
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     started = time.monotonic()
@@ -172,6 +198,25 @@ async def metrics(request: web.Request) -> web.Response:
     response = web.Response(body=body, headers={"Content-Type": content_type})
     response.enable_compression()
     return response
+
+
+async def probe(request: web.Request) -> web.Response:
+    """One check on one server, the blackbox way (exporter/probe.py)."""
+    runtime = request.app[RUNTIME]
+    return await handle_probe(
+        request.query,
+        request.headers,
+        runtime.settings,
+        runtime.inventory,
+        runtime.checks,
+        request.app[PROBES],
+    )
+
+
+async def sd(request: web.Request) -> web.Response:
+    """The inventory (this shard's) in Prometheus' HTTP service discovery format."""
+    runtime = request.app[RUNTIME]
+    return service_discovery(request.query, runtime.settings, runtime.inventory, runtime.checks)
 
 
 async def healthy(request: web.Request) -> web.Response:
@@ -214,8 +259,11 @@ async def landing(request: web.Request) -> web.Response:
 def make_app(runtime: Runtime) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[RUNTIME] = runtime
+    app[PROBES] = ProbeState()
     app.router.add_get("/", landing)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/probe", probe)
+    app.router.add_get("/sd", sd)
     app.router.add_get("/config", config)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)

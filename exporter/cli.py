@@ -16,9 +16,12 @@ from aiohttp import web
 
 from . import __version__
 from .app import Runtime, make_app
-from .config import ConfigError, load_file
+from .config import ConfigError, load_file, parse_duration
 from .diagnose import diagnose_main
 from .log import setup_logging
+from .shard import WHOLE, Shard
+from .web_config import WebSecurity, load_web_config
+from .web_listener import Listener, WebLimits
 
 __all__ = ["main", "parse_listen_address"]
 
@@ -34,6 +37,24 @@ def parse_listen_address(value: str) -> tuple[str | None, int]:
         raise argparse.ArgumentTypeError(f"invalid listen address {value!r}: expected [host]:port")
     host = host.strip("[]")
     return (host or None), int(port_text)
+
+
+def parse_shard(value: str) -> Shard:
+    """``--inventory.shard=i/n``: this exporter's part of the inventory, i from 0 to n-1."""
+    try:
+        return Shard.parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _flag_duration(value: str) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"duration {value!r} must be greater than zero")
+    return seconds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,22 +80,76 @@ def _parser() -> argparse.ArgumentParser:
         default=parse_listen_address(DEFAULT_LISTEN),
     )
     parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        type=Path,
+        default=None,
+        help="TLS and basic authentication for every path, in the Prometheus exporter-toolkit "
+        "format (docs/web-config.md); reloads with the configuration",
+    )
+    parser.add_argument(
+        "--web.read-timeout",
+        dest="read_timeout",
+        type=_flag_duration,
+        default=WebLimits.read_timeout,
+        metavar="DURATION",
+        help="a client gets this long for the TLS handshake and for each request's headers; "
+        "idle connections are closed after it too (default 30s)",
+    )
+    parser.add_argument(
+        "--web.max-connections",
+        dest="max_connections",
+        type=int,
+        default=WebLimits.max_connections,
+        help="connections open at once; more are closed at once (default 512)",
+    )
+    parser.add_argument(
         "--log.level", dest="log_level", choices=["debug", "info", "warn", "error"], default="info"
     )
     parser.add_argument(
         "--log.format", dest="log_format", choices=["logfmt", "json"], default="logfmt"
     )
+    parser.add_argument(
+        "--inventory.shard",
+        dest="shard",
+        type=parse_shard,
+        default=WHOLE,
+        metavar="I/N",
+        help="probe only the servers whose name hashes to shard I of N (0-based, e.g. the "
+        "StatefulSet pod ordinal); see docs/scale-out.md",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
-async def _serve(runtime: Runtime, host: str | None, port: int) -> None:
-    runner = web.AppRunner(make_app(runtime), access_log=None, handle_signals=False)
+async def _serve(
+    runtime: Runtime, host: str | None, port: int, limits: WebLimits | None = None
+) -> None:
+    limits = limits or WebLimits()
+    app = make_app(runtime)
+    security = runtime.web_security
+    if security is not None:
+        security.install(app)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=5.0, **limits.runner_args()
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=5.0)
-    await site.start()
+    assert runner.server is not None
+    listener = Listener(
+        runner.server, host, port, security.ssl_context if security else lambda: None, limits
+    )
+    try:
+        await listener.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     log.info(
-        "listening on %s:%d with %d servers", host or "*", port, len(runtime.inventory.servers)
+        "listening on %s://%s:%d with %d servers (shard %s)",
+        "https" if security is not None and security.ssl_context() else "http",
+        host or "*",
+        port,
+        len(runtime.inventory.servers),
+        runtime.shard,
     )
 
     stop = asyncio.Event()
@@ -94,7 +169,10 @@ async def _serve(runtime: Runtime, host: str | None, port: int) -> None:
         await stop.wait()
         log.info("shutting down")
     finally:
+        await listener.stop()
         await runner.cleanup()
+        if security is not None:
+            security.close()
 
 
 def _raise_file_limit() -> None:
@@ -124,11 +202,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         count = len(settings.domain_controllers.static) + len(settings.exchange_servers.static)
         print(f"{args.config_file}: valid ({count} static servers)")
+        if args.web_config_file is not None:
+            try:
+                web_config = load_web_config(args.web_config_file)
+            except ConfigError as exc:
+                print(exc, file=sys.stderr)
+                return 1
+            print(f"{args.web_config_file}: valid ({web_config.describe()})")
         return 0
 
     async def run() -> None:
-        runtime = await Runtime.load(args.config_file)
-        await _serve(runtime, *args.listen)
+        web_security = None
+        if args.web_config_file is not None:
+            web_security = WebSecurity.load(args.web_config_file)
+        runtime = await Runtime.load(args.config_file, args.shard)
+        runtime.web_security = web_security
+        limits = WebLimits(read_timeout=args.read_timeout, max_connections=args.max_connections)
+        host, port = args.listen
+        await _serve(runtime, host, port, limits)
 
     try:
         asyncio.run(run())

@@ -17,6 +17,7 @@ from .dns_discovery import discover_domain_controllers
 from .ldap_discovery import discover_domain_controllers as discover_dcs_by_ldap
 from .ldap_discovery import discover_exchange_servers
 from .servers import Role, Server
+from .shard import WHOLE, Shard
 
 __all__ = [
     "DISCOVERERS",
@@ -47,6 +48,9 @@ class Discovery:
 class Inventory:
     servers: tuple[Server, ...]
     discoveries: tuple[Discovery, ...] = ()
+    shard: Shard = WHOLE
+    # The other shards' domain controllers: read for their clocks only (exporter/shard.py).
+    clock_peers: tuple[Server, ...] = ()
 
     @property
     def domain_controllers(self) -> tuple[Server, ...]:
@@ -79,7 +83,8 @@ async def _discover(
     settings: Settings, role: Role, method: str, previous: Inventory | None
 ) -> tuple[list[Server], Discovery]:
     last = previous.discovery(role, method) if previous else None
-    kept = [s for s in previous.servers if (s.role, s.origin) == (role, method)] if previous else []
+    every = (*previous.servers, *previous.clock_peers) if previous else ()
+    kept = [s for s in every if (s.role, s.origin) == (role, method)]
     discoverer = DISCOVERERS.get((role, method))
     if discoverer is None:
         log.warning("discovery of %s servers by %s is not available in this version", role, method)
@@ -105,8 +110,14 @@ async def _discover(
     return found, Discovery(role, method, True, len(found), last_success=time.time())
 
 
-async def build_inventory(settings: Settings, previous: Inventory | None = None) -> Inventory:
-    """Static servers first; discovered servers are added unless a static entry names them."""
+async def build_inventory(
+    settings: Settings, previous: Inventory | None = None, shard: Shard | None = None
+) -> Inventory:
+    """Static servers first; discovered servers are added unless a static entry names them.
+
+    With a ``shard`` (default: the previous inventory's), only the servers it owns are kept;
+    the other shards' domain controllers become its clock peers.
+    """
     servers = _static(settings.domain_controllers.static, Role.DOMAIN_CONTROLLER)
     servers += _static(settings.exchange_servers.static, Role.EXCHANGE)
     known = {s.name for s in servers}
@@ -131,7 +142,9 @@ async def build_inventory(settings: Settings, previous: Inventory | None = None)
         fresh = [s for s in found if s.name not in known]
         known.update(s.name for s in fresh)
         servers += fresh
-    return Inventory(tuple(servers), tuple(discoveries))
+    shard = shard or (previous.shard if previous else WHOLE)
+    owned, peers = shard.split(servers)
+    return Inventory(owned, tuple(discoveries), shard, peers)
 
 
 def refresh_interval(settings: Settings) -> float | None:

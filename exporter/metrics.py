@@ -18,9 +18,21 @@ from .checks.clock import clock_metrics
 from .config import Settings
 from .inventory import Inventory, Role
 from .scrape import ScrapeResult
+from .shard import CLOCK_PEERS_CHECK
 from .verdicts import Evidence, verdict_metrics, verdicts
 
 __all__ = ["ReloadStatus", "ScrapeCollector"]
+
+# Each shard's own scans' health (labelled scan=...): always reported.
+SCAN_SELF_METRICS = frozenset(
+    {
+        "exchange_auth_last_success_timestamp_seconds",
+        "exchange_auth_scan_success",
+        "exchange_auth_scan_failure",
+        "exchange_auth_scan_duration_seconds",
+        "exchange_auth_scan_objects",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -57,9 +69,9 @@ class ScrapeCollector:
         readings: list[ClockReading] = []
         for run in result.all_runs():
             readings.extend(clock_readings_of(run.outcome))
-        yield from clock_metrics(readings, settings)
+        yield from self._without_clock_peers(clock_metrics(readings, settings))
         yield from self._check_metrics()
-        yield from scan_metrics(self._scans, settings, self._inventory)
+        yield from self._shard_reported(scan_metrics(self._scans, settings, self._inventory))
         states = self._scans.states if self._scans is not None else {}
         yield from verdict_metrics(verdicts(Evidence(settings, self._inventory, result, states)))
         yield from self._inventory_metrics()
@@ -78,13 +90,46 @@ class ScrapeCollector:
             labels=["check", "server"],
         )
         for run in self._result.all_runs():
+            if run.check == CLOCK_PEERS_CHECK:
+                continue
             labels = [run.check, run.server.name]
             success.add_metric(labels, 1 if run.ok else 0)
             duration.add_metric(labels, run.duration)
         yield success
         yield duration
 
+    def _without_clock_peers(self, families: Iterator[Metric]) -> Iterator[Metric]:
+        """Another shard's DCs feed this shard's skew pairs, but their series are that shard's."""
+        peers = {server.name for server in self._inventory.clock_peers}
+        for family in families:
+            if peers:
+                family.samples = [s for s in family.samples if s.labels.get("server") not in peers]
+            yield family
+
+    def _shard_reported(self, families: Iterator[Metric]) -> Iterator[Metric]:
+        """Each shard runs every scan; a scan's series are reported by one shard only."""
+        shard = self._inventory.shard
+        for family in families:
+            if shard.sharded and family.name not in SCAN_SELF_METRICS:
+                family.samples = [s for s in family.samples if shard.reports(s.labels)]
+            yield family
+
     def _inventory_metrics(self) -> Iterator[Metric]:
+        shard = self._inventory.shard
+        info = GaugeMetricFamily(
+            "exchange_auth_inventory_shard",
+            "Always 1: this exporter's shard of the inventory (--inventory.shard=index/count; "
+            "0/1 when not sharded).",
+            labels=["index", "count"],
+        )
+        info.add_metric([str(shard.index), str(shard.count)], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "exchange_auth_inventory_clock_peers",
+            "Domain controllers of other shards whose clocks this shard reads over NTP for the "
+            "skew pairs only (their own series come from their shard).",
+            value=len(self._inventory.clock_peers),
+        )
         servers = GaugeMetricFamily(
             "exchange_auth_inventory_servers",
             "Servers in the inventory, by role and by where they came from (static, dns, ldap).",

@@ -108,6 +108,15 @@ async def test_landing_page_lists_the_inventory(client: Client) -> None:
     assert 'href="metrics"' in page
 
 
+async def test_landing_page_reuses_a_recent_scrape(client: Client, peer: NtpPeer) -> None:
+    await client.get("/metrics")
+    after_scrape = peer.requests()
+    assert after_scrape >= 1
+    assert (await client.get("/")).status == 200
+    # The page is built from Prometheus' last scrape: no second round of probes.
+    assert peer.requests() == after_scrape
+
+
 async def test_health_and_readiness(client: Client) -> None:
     assert (await client.get("/-/healthy")).status == 200
     assert (await client.get("/-/ready")).status == 200
