@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt bench mixin system-deps venv lab-up lab-down clean
+.PHONY: demo test lint fmt bench mixin container system-deps venv lab-up lab-down clean
 
 # The Python environment, rebuilt when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -47,6 +47,14 @@ bench: system-deps venv
 # Regenerate the monitoring mixin (alerts, recording rules, dashboards) after changing dashboards/.
 mixin: venv
 	$(PY) -m dashboards
+
+# The container image (deploy/container/Containerfile) with the first engine that answers.
+IMAGE ?= exchange-auth-exporter:dev
+ENGINE ?= $(shell for e in podman docker; do $$e info >/dev/null 2>&1 && { echo $$e; break; }; done)
+container:
+	@if [ -z "$(ENGINE)" ]; then \
+		echo "container: no podman or docker that answers \`info\` here: nothing built" >&2; exit 1; fi
+	$(ENGINE) build -f deploy/container/Containerfile -t $(IMAGE) .
 
 lab-up: system-deps venv
 	$(PY) -m tests.lab up

@@ -125,6 +125,10 @@ class LdapSettings(_Model):
     user: str | None = None
     password_file: Path | None = None
     password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    # A systemd credential (LoadCredential=NAME:PATH): the file NAME in $CREDENTIALS_DIRECTORY.
+    password_credential: (
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9_@-][A-Za-z0-9_.@-]*$")] | None
+    ) = None
     ca_file: Path | None = None
     tls_verify: bool = True
     start_tls: bool = False
@@ -135,10 +139,13 @@ class LdapSettings(_Model):
 
     @model_validator(mode="after")
     def _one_secret_source(self) -> LdapSettings:
-        if self.password_file is not None and self.password_env is not None:
-            raise ValueError("set only one of password_file and password_env")
-        if self.user and self.password_file is None and self.password_env is None:
-            raise ValueError(f"user {self.user!r} needs a password_file or a password_env")
+        sources = [self.password_file, self.password_env, self.password_credential]
+        if sum(source is not None for source in sources) > 1:
+            raise ValueError("set only one of password_file, password_env and password_credential")
+        if self.user and all(source is None for source in sources):
+            raise ValueError(
+                f"user {self.user!r} needs a password_file, a password_env or a password_credential"
+            )
         return self
 
     @property
@@ -210,6 +217,9 @@ class SpnCheck(_Model):
         default_factory=lambda: ["SMTP", "SMTPSVC"]
     )
     refresh_interval: Duration = 300.0
+    # What the KDCs assume for an account whose msDS-SupportedEncryptionTypes is unset: their
+    # DefaultDomainSupportedEncTypes registry value (0x27 since the November 2022 updates).
+    default_encryption_types: Annotated[int, Field(ge=1, le=0xFFFFFFFF)] = 0x27
 
 
 class DuplicateSpnCheck(_Model):
@@ -259,6 +269,31 @@ class ScrapeSettings(_Model):
     max_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 256
 
 
+def _probe_allow_entry(value: object) -> str:
+    """A host name, a ``*.suffix`` wildcard, an IP address or a CIDR block (normalised)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a host name, *.domain, an IP address or a CIDR, got {value!r}")
+    text = value.strip().lower()
+    if "/" in text or ":" in text or text.replace(".", "").isdigit():
+        try:
+            return str(ipaddress.ip_network(text, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"invalid IP address or CIDR {value!r}: {exc}") from None
+    if text.startswith("*."):
+        return "*." + _hostname(text[2:])
+    return _hostname(text)
+
+
+class ProbeSettings(_Model):
+    """``/probe``: always the inventory's servers; others only when ``allow`` admits them."""
+
+    enabled: bool = True
+    # Host names (exact), *.suffix (any name below it) and CIDRs (IP literals only: a name is
+    # never resolved to decide). Empty: only the inventory's servers.
+    allow: list[Annotated[str, BeforeValidator(_probe_allow_entry)]] = Field(default_factory=list)
+    max_concurrency: Annotated[int, Field(ge=1, le=10_000)] = 32
+
+
 class Settings(_Model):
     realm: Annotated[str, Field(min_length=1)]
     ldap: LdapSettings | None = None
@@ -267,6 +302,7 @@ class Settings(_Model):
     exchange_servers: ExchangeServers = Field(default_factory=ExchangeServers)
     checks: Checks = Field(default_factory=Checks)
     scrape: ScrapeSettings = Field(default_factory=ScrapeSettings)
+    probe: ProbeSettings = Field(default_factory=ProbeSettings)
 
     @field_validator("realm")
     @classmethod
@@ -383,7 +419,7 @@ def _dotted(path: Iterable[str | int]) -> str:
 
 
 # Keys whose values may be a secret typed in the wrong place: never echoed in a message.
-_SECRET_NEIGHBOURS = frozenset({"password_env", "password_file"})
+_SECRET_NEIGHBOURS = frozenset({"password_env", "password_file", "password_credential"})
 
 
 def _describe(error: Mapping[str, Any]) -> str:
@@ -423,7 +459,43 @@ def _read_secrets(settings: Settings, env: Mapping[str, str], base_dir: Path) ->
             # The name is not echoed: a password pasted here by mistake must not reach a log.
             return ["ldap.password_env: the environment variable it names is not set or empty"]
         ldap._password = SecretStr(secret)
+    elif ldap.password_credential is not None:
+        problem, secret = _read_credential(ldap.password_credential, env)
+        if problem:
+            return [f"ldap.password_credential: {problem}"]
+        ldap._password = SecretStr(secret)
     return []
+
+
+def _read_credential(name: str, env: Mapping[str, str]) -> tuple[str, str]:
+    """A systemd credential's text, or a problem that names neither the credential nor its text.
+
+    systemd (LoadCredential=, LoadCredentialEncrypted=, SetCredential=) puts each credential in
+    a file of its name in a private folder and names that folder in $CREDENTIALS_DIRECTORY.
+    The name is not echoed, for the same reason as password_env's: it might be a pasted password.
+    """
+    directory = env.get("CREDENTIALS_DIRECTORY", "")
+    if not directory:
+        return (
+            "$CREDENTIALS_DIRECTORY is not set: run the exporter as a systemd service with "
+            "LoadCredential=NAME:PATH (see deploy/systemd/), or use password_file",
+            "",
+        )
+    try:
+        secret = (Path(directory) / name).read_text(encoding="utf-8").rstrip("\r\n")
+    except FileNotFoundError:
+        return (
+            f"no credential of that name in $CREDENTIALS_DIRECTORY ({directory}): the unit "
+            "needs a LoadCredential= line of the same name",
+            "",
+        )
+    except OSError as exc:
+        return f"cannot read it from $CREDENTIALS_DIRECTORY ({directory}): {exc.strerror}", ""
+    except UnicodeDecodeError:
+        return "the credential is not UTF-8 text", ""
+    if not secret:
+        return "the credential is empty", ""
+    return "", secret
 
 
 def load_text(

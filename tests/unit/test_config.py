@@ -39,16 +39,24 @@ INVALID = {
         "password_file",
     ],
     "invalid-two-password-sources.yml": [
-        "ldap (line 3): set only one of password_file and password_env"
+        "ldap (line 3): set only one of password_file, password_env and password_credential"
     ],
     "invalid-user-without-password.yml": [
-        "ldap (line 3): user 'svc-exporter@corp.example.com' needs a password_file or a password_env"
+        "ldap (line 3): user 'svc-exporter@corp.example.com' needs a password_file, a password_env "
+        "or a password_credential"
     ],
     "invalid-password-file-missing.yml": [
         "ldap.password_file: cannot read 'no-such-password-file': No such file or directory"
     ],
     "invalid-password-env-unset.yml": [
         "ldap.password_env: the environment variable it names is not set or empty"
+    ],
+    "invalid-password-credential-unset.yml": [
+        "ldap.password_credential: $CREDENTIALS_DIRECTORY is not set",
+        "LoadCredential=NAME:PATH",
+    ],
+    "invalid-password-credential-name.yml": [
+        "ldap.password_credential (line 5): invalid value (not shown)"
     ],
     "invalid-recursive-alias.yml": ["checks.clock.clock (line 3): unknown key"],
     "invalid-duplicate-server.yml": ["server 'dc01.corp.example.com' is listed more than once"],
@@ -136,6 +144,55 @@ def test_password_from_environment() -> None:
     assert settings.ldap is not None and settings.ldap.password is not None
     assert settings.ldap.password.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(settings.redacted())
+
+
+CREDENTIAL_CONFIG = (
+    "realm: x.test\nldap: {url: 'ldaps://dc.x.test', user: u, password_credential: ldap-password}\n"
+)
+
+
+def test_password_from_a_systemd_credential(tmp_path: Path) -> None:
+    # What systemd's LoadCredential=ldap-password:/etc/... leaves for the service.
+    (tmp_path / "ldap-password").write_text("s3cret-from-systemd\n")
+    settings = load_text(CREDENTIAL_CONFIG, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert settings.ldap is not None and settings.ldap.password is not None
+    assert settings.ldap.password.get_secret_value() == "s3cret-from-systemd"
+    shown = settings.redacted()
+    assert shown["ldap"]["password"] == "<secret>"
+    assert shown["ldap"]["password_credential"] == "ldap-password"
+    assert "s3cret-from-systemd" not in repr(shown) + repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "no credential of that name in $CREDENTIALS_DIRECTORY ("),
+        ("", "the credential is empty"),
+        (b"\xff\xfe", "the credential is not UTF-8 text"),
+    ],
+)
+def test_credential_problems_name_the_key_and_never_the_secret(
+    tmp_path: Path, content: str | bytes | None, fragment: str
+) -> None:
+    if isinstance(content, str):
+        (tmp_path / "ldap-password").write_text(content)
+    elif isinstance(content, bytes):
+        (tmp_path / "ldap-password").write_bytes(content)
+    (tmp_path / "other").write_text("Hunter2secret")
+    with pytest.raises(ConfigError) as caught:
+        load_text(CREDENTIAL_CONFIG, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    message = str(caught.value)
+    assert f"ldap.password_credential: {fragment}" in message
+    assert str(tmp_path) in message or content is not None
+    assert "Hunter2" not in message
+
+
+def test_a_password_typed_into_password_credential_is_not_echoed(tmp_path: Path) -> None:
+    text = "realm: x.test\nldap: {url: 'ldaps://dc.x.test', user: u, password_credential: Hunter2secret}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_text(text, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert "ldap.password_credential: no credential of that name" in str(caught.value)
+    assert "Hunter2" not in str(caught.value)
 
 
 def test_defaults_follow_the_contract() -> None:
