@@ -20,6 +20,14 @@ Written into the domain:
   (differs from EXCH3$'s ``SMTP/exch3.<domain>`` only in letter case). Samba refuses both
   duplicates, so they are written straight into the domain partition's file, bypassing the
   uniqueness check (its replication metadata is then not updated; nothing here replicates).
+* **Accounts for the service-ticket check** (not Exchange servers, not in the organisation;
+  tests point static ``exchange_servers`` entries at them): ``RC4ONLY$`` (``rc4only.<domain>``)
+  with keys and ``msDS-SupportedEncryptionTypes: 4`` (RC4-HMAC only), and ``NOKEYS$``
+  (``nokeys.<domain>``) with no password, so no Kerberos keys: the KDC cannot encrypt a ticket
+  for its SPNs. Both hold ``SMTP/`` and ``SMTPSVC/`` with the short name and the FQDN.
+
+Every account but ``NOKEYS$`` gets a password through ``unicodePwd``, and with it Kerberos keys
+(AES and RC4, whatever ``msDS-SupportedEncryptionTypes`` later allows).
 """
 
 from __future__ import annotations
@@ -58,6 +66,12 @@ HEALTHY_CONNECTOR_FLAGS = AUTH_TLS | AUTH_BASIC | AUTH_BASIC_REQUIRE_TLS | AUTH_
 BROKEN_CONNECTOR_FLAGS = HEALTHY_CONNECTOR_FLAGS & ~AUTH_EXCHANGE_SERVER
 
 EXCHANGE_SERVICE_CLASSES = ("SMTP", "SMTPSVC")
+# msDS-SupportedEncryptionTypes bits (MS-KILE 2.2.7).
+ENCTYPE_DES_CBC_CRC = 0x01
+ENCTYPE_DES_CBC_MD5 = 0x02
+ENCTYPE_RC4_HMAC = 0x04
+ENCTYPE_AES128 = 0x08
+ENCTYPE_AES256 = 0x10
 ADMIN_GROUP = "Exchange Administrative Group (FYDIBOHF23SPDLT)"
 ORGANIZATION = "Corp"
 DEFAULT_SITE = "Default-First-Site-Name"
@@ -113,6 +127,8 @@ class Account:
     dns_host_name: str | None
     spns: tuple[str, ...]  # every servicePrincipalName it holds, as stored (case kept)
     injected_spns: tuple[str, ...] = ()  # of those, the ones Samba would refuse (duplicates)
+    has_keys: bool = True  # a password set, so Kerberos keys; False: none at all
+    supported_encryption_types: int | None = None  # msDS-SupportedEncryptionTypes; None: unset
 
     @property
     def regular_spns(self) -> tuple[str, ...]:
@@ -358,6 +374,35 @@ def exchange_directory(dns_domain: str) -> ExchangeDirectory:
             injected_spns=(exact,),
         )
     )
+
+    def exchange_spns(short: str) -> tuple[str, ...]:
+        fqdn = f"{short.lower()}.{dns_domain}"
+        return tuple(
+            f"{service}/{host}" for service in ("SMTP", "SMTPSVC") for host in (short, fqdn)
+        )
+
+    # Two accounts for the service-ticket check, outside the Exchange organisation: one that
+    # allows RC4 only (an old server's setting), one with SPNs but no keys at all.
+    accounts.append(
+        Account(
+            "RC4ONLY$",
+            f"CN=RC4ONLY,{computers}",
+            "computer",
+            f"rc4only.{dns_domain}",
+            (*host_spns("RC4ONLY"), *exchange_spns("RC4ONLY")),
+            supported_encryption_types=ENCTYPE_RC4_HMAC,
+        )
+    )
+    accounts.append(
+        Account(
+            "NOKEYS$",
+            f"CN=NOKEYS,{computers}",
+            "computer",
+            f"nokeys.{dns_domain}",
+            exchange_spns("NOKEYS"),
+            has_keys=False,
+        )
+    )
     return ExchangeDirectory(dns_domain, tuple(servers), tuple(accounts))
 
 
@@ -527,9 +572,17 @@ def content_ldif(directory: ExchangeDirectory, passwords: Mapping[str, str]) -> 
             # An enabled workstation trust account, as a joined member server has; a normal
             # user account that never expires.
             ("userAccountControl", "4096" if account.object_class == "computer" else "66048"),
-            ("unicodePwd:", _unicode_pwd(passwords[account.sam_account_name])),
+            *(
+                [("unicodePwd:", _unicode_pwd(passwords[account.sam_account_name]))]
+                if account.has_keys
+                else []
+            ),
             *(("servicePrincipalName", spn) for spn in account.regular_spns),
         ]
+        if account.supported_encryption_types is not None:
+            attributes.append(
+                ("msDS-SupportedEncryptionTypes", str(account.supported_encryption_types))
+            )
         if account.dns_host_name is not None:
             attributes.append(("dNSHostName", account.dns_host_name))
         records.append(_record(account.dn, attributes))

@@ -177,7 +177,11 @@ def _add_exchange_content(spec: DomainControllerSpec, targetdir: Path) -> None:
     """The Exchange schema subset, organisation, accounts (with keys) and SPNs, duplicates too."""
     started = time.monotonic()
     directory = spec.exchange_directory
-    passwords = {account.sam_account_name: generate_password() for account in directory.accounts}
+    passwords = {
+        account.sam_account_name: generate_password()
+        for account in directory.accounts
+        if account.has_keys
+    }
     populate(targetdir, directory, passwords)
     path = targetdir / ACCOUNT_PASSWORDS_FILE
     path.touch(mode=0o600)

@@ -28,6 +28,7 @@ from ldap3 import NONE, SIMPLE, Connection, Server, Tls
 from tests.lab import (
     CUSTOM_SMTP_BANNER,
     DEFAULT_NETWORK,
+    REALM,
     SKEWED_CLOCK_OFFSET,
     SMTP_FRONTEND_PORT,
     SMTP_HUB_PORT,
@@ -635,7 +636,12 @@ def test_each_account_holds_exactly_its_planned_spns(lab: Lab) -> None:
             "(|"
             + "".join(f"(sAMAccountName={a.sam_account_name})" for a in directory.accounts)
             + ")",
-            attributes=["sAMAccountName", "dNSHostName", "userAccountControl"],
+            attributes=[
+                "sAMAccountName",
+                "dNSHostName",
+                "userAccountControl",
+                "msDS-SupportedEncryptionTypes",
+            ],
         )
         accounts = {e["attributes"]["sAMAccountName"][0]: e for e in _entries(conn)}
     finally:
@@ -647,6 +653,9 @@ def test_each_account_holds_exactly_its_planned_spns(lab: Lab) -> None:
         attributes = accounts[name]["attributes"]
         assert (attributes.get("dNSHostName") or [None])[0] == account.dns_host_name
         assert int(attributes["userAccountControl"][0]) & 0x2 == 0, f"{name} is disabled"
+        enctypes = attributes.get("msDS-SupportedEncryptionTypes") or [None]
+        expected = account.supported_encryption_types
+        assert enctypes[0] == (None if expected is None else str(expected)), name
     for server in directory.members:
         present = directory.present_spns(server.name)
         assert {spn: spn in held[f"{server.name}$"] for spn in server.expected_spns} == present
@@ -739,11 +748,85 @@ def test_service_tickets_follow_the_spns(lab: Lab, tmp_path: Path) -> None:
             assert result is True, (spn, result)
 
 
-@pytest.mark.parametrize("account", ["EXCH1$", "OLDEXCH$", "svc-legacy"])
+@pytest.mark.parametrize("account", ["EXCH1$", "OLDEXCH$", "svc-legacy", "RC4ONLY$"])
 def test_the_accounts_have_keys_from_their_passwords(
     lab: Lab, tmp_path: Path, account: str
 ) -> None:
     _kinit(f"{account}@{lab.realm}", lab.account_password(account), _kerberos_env(lab, tmp_path))
+
+
+def test_the_service_ticket_accounts_plan() -> None:
+    directory = exchange_directory("corp.example.test")
+    rc4, keyless = directory.account("RC4ONLY$"), directory.account("NOKEYS$")
+    assert (rc4.dns_host_name, rc4.has_keys, rc4.supported_encryption_types) == (
+        "rc4only.corp.example.test",
+        True,
+        4,
+    )
+    assert (keyless.dns_host_name, keyless.has_keys, keyless.supported_encryption_types) == (
+        "nokeys.corp.example.test",
+        False,
+        None,
+    )
+    for account in (rc4, keyless):
+        short = account.sam_account_name.rstrip("$")
+        assert {
+            f"{c}/{h}" for c in ("SMTP", "SMTPSVC") for h in (short, account.dns_host_name)
+        } <= (set(account.spns))
+        # Not Exchange servers: the inventory tests assert stays as it was.
+        with pytest.raises(KeyError):
+            directory.server(short)
+    # No keys, no password to hand out.
+    assert "NOKEYS$" not in {a.sam_account_name for a in directory.accounts if a.has_keys}
+
+
+def _klist_enctypes(env: dict[str, str], spn: str) -> tuple[str, str]:
+    """(session key, ticket) encryption types of the cached ticket for ``spn``."""
+    klist = subprocess.run(["klist", "-e"], capture_output=True, text=True, env=env, timeout=30)
+    lines = klist.stdout.splitlines()
+    index = next(i for i, line in enumerate(lines) if line.endswith(f" {spn}@{REALM}"))
+    etypes = lines[index + 1].split("Etype (skey, tkt):")[1]
+    skey, tkt = (part.strip().removeprefix("DEPRECATED:") for part in etypes.split(","))
+    return skey, tkt
+
+
+def test_service_tickets_follow_the_accounts_keys_and_encryption_types(
+    lab: Lab, tmp_path: Path
+) -> None:
+    env = _kerberos_env(lab, tmp_path)
+    _kinit(f"Administrator@{lab.realm}", lab.admin_password, env)
+    domain = lab.exchange_directory.dns_domain
+
+    def kvno(spn: str, environment: dict[str, str]) -> str:
+        result = subprocess.run(
+            ["kvno", spn], capture_output=True, text=True, env=environment, timeout=30
+        )
+        return "ok" if result.returncode == 0 else result.stderr.strip()
+
+    # MIT 1.20 still permits RC4 by default: the RC4-only account gets an RC4 ticket and key.
+    assert kvno(f"SMTPSVC/rc4only.{domain}", env) == "ok"
+    assert _klist_enctypes(env, f"SMTPSVC/rc4only.{domain}") == ("arcfour-hmac", "arcfour-hmac")
+    # An account with SPNs but no keys: the KDC has nothing to encrypt the ticket with.
+    assert kvno(f"SMTPSVC/nokeys.{domain}", env) == (
+        "kvno: KDC has no support for encryption type while getting credentials for "
+        f"SMTPSVC/nokeys.{domain}@{lab.realm}"
+    )
+    # A client that permits AES only cannot share a session key with the RC4-only account.
+    aes_only = tmp_path / "krb5-aes.conf"
+    aes_only.write_text(
+        lab.krb5_conf.read_text().replace(
+            "[libdefaults]\n",
+            "[libdefaults]\n\tpermitted_enctypes = aes256-cts-hmac-sha1-96 aes128-cts-hmac-sha1-96\n",
+        )
+    )
+    aes_env = {**env, "KRB5_CONFIG": str(aes_only), "KRB5CCNAME": f"FILE:{tmp_path}/cc-aes"}
+    _kinit(f"Administrator@{lab.realm}", lab.admin_password, aes_env)
+    assert kvno(f"SMTPSVC/rc4only.{domain}", aes_env) == (
+        "kvno: KDC has no support for encryption type while getting credentials for "
+        f"SMTPSVC/rc4only.{domain}@{lab.realm}"
+    )
+    assert kvno(f"SMTPSVC/exch1.{domain}", aes_env) == "ok"
+    assert _klist_enctypes(aes_env, f"SMTPSVC/exch1.{domain}")[0] == "aes256-cts-hmac-sha1-96"
 
 
 def test_pausing_ldap_hangs_ldap_while_kerberos_and_dns_answer(lab: Lab) -> None:
