@@ -43,6 +43,7 @@ bench: system-deps venv
 	$(PY) bench/duplicate_scan.py
 	$(PY) bench/protocol_log.py
 	$(PY) bench/replication.py
+	$(PY) bench/service_tickets.py
 
 # Regenerate the monitoring mixin (alerts, recording rules, dashboards) after changing dashboards/.
 mixin: venv

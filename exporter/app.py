@@ -15,7 +15,7 @@ import yaml
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from . import ldap
+from . import kdc_workers, ldap
 from .background import Scan, ScanRunner
 from .checks import CHECKS, SCANS
 from .checks.base import CheckSpec
@@ -156,6 +156,8 @@ async def _background_scans(app: web.Application) -> AsyncIterator[None]:
     yield
     await runtime.scans.stop()
     ldap.close_all()
+    # The Kerberos worker processes (one per DC) would otherwise live until interpreter exit.
+    await asyncio.to_thread(kdc_workers.close_all)
 
 
 async def _rediscover(app: web.Application) -> AsyncIterator[None]:

@@ -251,6 +251,58 @@ class QueuesCheck(_Model):
     max_line_length: Annotated[int, Field(ge=256, le=1_048_576)] = 16384
 
 
+# Encryption types the service-ticket check may use (MIT names). The default mirrors Windows'
+# own (AES and RC4): a KDC that would give Exchange an RC4 ticket gives the exporter one too.
+KerberosEnctype = Literal[
+    "aes256-cts-hmac-sha1-96",
+    "aes128-cts-hmac-sha1-96",
+    "aes256-cts-hmac-sha384-192",
+    "aes128-cts-hmac-sha256-128",
+    "arcfour-hmac",
+]
+_DEFAULT_ENCTYPES: tuple[KerberosEnctype, ...] = (
+    "aes256-cts-hmac-sha1-96",
+    "aes128-cts-hmac-sha1-96",
+    "arcfour-hmac",
+)
+
+
+class ServiceTicketsCheck(_Model):
+    """A service ticket to each Exchange server's SPNs through each DC's KDC, every scrape."""
+
+    # None: on when the exporter has Kerberos credentials (ldap.user with a password, or a
+    # keytab); true without them reports reason="no_credentials" for every ticket.
+    enabled: bool | None = None
+    service_classes: list[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9-]*$")]] = Field(
+        default_factory=lambda: ["SMTPSVC", "SMTP"], min_length=1
+    )
+    # The exporter's own Kerberos principal; default: ldap.user, in the realm.
+    principal: Annotated[str, Field(pattern=r"^[^\s@/\\]+(@[^\s@/\\]+)?$")] | None = None
+    # A keytab for the principal (relative: to the configuration file); default: ldap's password.
+    keytab_file: Path | None = None
+    encryption_types: list[KerberosEnctype] = Field(
+        default_factory=lambda: list(_DEFAULT_ENCTYPES), min_length=1
+    )
+    # The lifetime asked for the exporter's TGT; None: the KDC's maximum (10 h in AD).
+    ticket_lifetime: Duration | None = None
+    timeout: Duration = 5.0
+    # Requests in flight at once per DC (threads of its Kerberos worker process).
+    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+
+    _keytab: Path | None = PrivateAttr(default=None)
+    _has_credentials: bool = PrivateAttr(default=False)
+
+    @property
+    def keytab(self) -> Path | None:
+        """``keytab_file`` resolved against the configuration file's folder at load time."""
+        return self._keytab
+
+    @property
+    def active(self) -> bool:
+        """``enabled``, or when unset, whether there are credentials to ask with."""
+        return self._has_credentials if self.enabled is None else self.enabled
+
+
 class Checks(_Model):
     clock: ClockCheck = Field(default_factory=ClockCheck)
     kerberos: KerberosCheck = Field(default_factory=KerberosCheck)
@@ -259,6 +311,7 @@ class Checks(_Model):
     duplicate_spn: DuplicateSpnCheck = Field(default_factory=DuplicateSpnCheck)
     replication: ReplicationCheck = Field(default_factory=ReplicationCheck)
     queues: QueuesCheck = Field(default_factory=QueuesCheck)
+    service_tickets: ServiceTicketsCheck = Field(default_factory=ServiceTicketsCheck)
 
 
 class ScrapeSettings(_Model):
@@ -467,6 +520,22 @@ def _read_secrets(settings: Settings, env: Mapping[str, str], base_dir: Path) ->
     return []
 
 
+def _find_keytab(settings: Settings, base_dir: Path) -> list[str]:
+    """checks.service_tickets: the keytab's path, and whether there are credentials at all."""
+    tickets = settings.checks.service_tickets
+    ldap = settings.ldap
+    tickets._has_credentials = tickets.keytab_file is not None or (
+        ldap is not None and bool(ldap.user) and ldap.password is not None
+    )
+    if tickets.keytab_file is None:
+        return []
+    path = base_dir / tickets.keytab_file
+    if not path.is_file() or not os.access(path, os.R_OK):
+        return [f"checks.service_tickets.keytab_file: cannot read {str(tickets.keytab_file)!r}"]
+    tickets._keytab = path.resolve()
+    return []
+
+
 def _read_credential(name: str, env: Mapping[str, str]) -> tuple[str, str]:
     """A systemd credential's text, or a problem that names neither the credential nor its text.
 
@@ -549,6 +618,7 @@ def load_text(
         raise ConfigError(source, problems) from None
     env = os.environ if env is None else env
     problems.extend(_read_secrets(settings, env, base_dir or Path.cwd()))
+    problems.extend(_find_keytab(settings, base_dir or Path.cwd()))
     if problems:
         raise ConfigError(source, problems)
     return settings

@@ -359,7 +359,8 @@ async def handle_probe(
     try:
         remaining = max(MIN_BUDGET, budget - (loop.time() - started))
         one = Inventory((server,), shard=inventory.shard)
-        result = await run_scrape(settings, one, remaining, [spec])
+        context = (*inventory.servers, *inventory.clock_peers)  # e.g. the DCs to ask for tickets
+        result = await run_scrape(settings, one, remaining, [spec], context=context)
     finally:
         limit.release()
     runs = result.runs.get(spec.name, [])

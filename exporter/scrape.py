@@ -99,9 +99,15 @@ async def run_scrape(
     inventory: Inventory,
     budget: float,
     checks: Sequence[CheckSpec[Any, Any]] = CHECKS,
+    context: Sequence[Server] | None = None,
 ) -> ScrapeResult:
-    """Run every applicable check and return within ``budget`` seconds plus a few milliseconds."""
+    """Run every applicable check and return within ``budget`` seconds plus a few milliseconds.
+
+    ``context``: the servers checks may pair their targets with (``CheckContext.servers``);
+    default the inventory's. /probe runs one target with the whole inventory as context.
+    """
     loop = asyncio.get_running_loop()
+    peers = tuple(inventory.servers if context is None else context)
     started = loop.time()
     scrape_deadline = started + budget
     resolver = Resolver(settings.dns)
@@ -112,7 +118,7 @@ async def run_scrape(
         if spec.enabled(check_settings):
             deadline = min(scrape_deadline, started + spec.timeout(check_settings))
             targets = [s for s in inventory.servers if spec.applies_to(s, check_settings)]
-            ctx = CheckContext(deadline, settings, resolver, shared)
+            ctx = CheckContext(deadline, settings, resolver, shared, peers)
             batches.append((spec, ctx, check_settings, targets))
 
     # Under the limit, a semaphore would only cost time.

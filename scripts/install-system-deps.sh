@@ -4,7 +4,7 @@ set -euo pipefail
 
 packages=(samba samba-ad-dc winbind krb5-user ldb-tools ldap-utils chrony faketime prometheus iproute2
   prometheus-blackbox-exporter chromium time
-  libkrb5-dev gcc  # python-gssapi builds from source against MIT Kerberos
+  libkrb5-dev gcc python3-dev  # python-gssapi builds from source against MIT Kerberos
   systemd make)  # systemd-analyze verifies deploy/systemd/; make runs in tests/unit/test_deploy.py
 
 missing=()

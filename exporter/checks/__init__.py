@@ -9,7 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from ..background import Scan
-from . import clock, kerberos, ldap_clock, protocol_logs, queue_snapshots, replication, smtp, spn
+from . import (
+    clock,
+    kerberos,
+    ldap_clock,
+    protocol_logs,
+    queue_snapshots,
+    replication,
+    service_tickets,
+    smtp,
+    spn,
+)
 from .base import CheckSpec
 
 CHECKS: tuple[CheckSpec[Any, Any], ...] = (
@@ -17,6 +27,7 @@ CHECKS: tuple[CheckSpec[Any, Any], ...] = (
     kerberos.SPEC.erased(),
     ldap_clock.SPEC.erased(),
     smtp.SPEC.erased(),
+    service_tickets.SPEC.erased(),
 )
 
 # Background scans: their results are cached and reported by every scrape.

@@ -150,6 +150,9 @@ class CheckContext:
     settings: Settings
     resolver: Resolver = field(default_factory=Resolver)
     shared: Shared = field(default_factory=Shared)
+    # Every server of this scrape's inventory, for checks that pair servers (service tickets
+    # through each DC); empty where a scrape covers one target only (/probe).
+    servers: tuple[Server, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
