@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .render import HERE, stale, write
+from .render import ROOT, stale, stale_deploy, write, write_deploy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,12 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.check:
-        problems = stale()
+        problems = [f"dashboards/{relative}" for relative in stale()] + stale_deploy()
         for relative in problems:
-            print(f"stale: dashboards/{relative} (run `python -m dashboards`)", file=sys.stderr)
+            print(f"stale: {relative} (run `python -m dashboards`)", file=sys.stderr)
         return 1 if problems else 0
-    for path in write():
-        print(path.relative_to(HERE.parent))
+    for path in [*write(), *write_deploy()]:
+        print(path.relative_to(ROOT))
     return 0
 
 

@@ -16,6 +16,7 @@ from .config import MixinConfig, duration
 from .promql import selector
 from .rules import (
     SPN_DUPLICATE_ALERT,
+    no_usable_encryption_type_expr,
     replication_failing_expr,
     replication_never_succeeded_expr,
     replication_stale_expr,
@@ -221,6 +222,153 @@ def spn_alerts(config: MixinConfig) -> list[Alert]:
             "SPNs compare without letter case.",
             # The Exchange server the SPN belongs to, for routing and for the overview matrix.
             labels={"server": spn_owner_server()},
+        ),
+    ]
+
+
+# What each refusal of a service ticket means, in a few words (docs/runbook.md explains them).
+TICKET_REASONS = {
+    "principal_unknown": "the KDC knows no single account with this SPN: it is missing, or held "
+    "by more than one account",
+    "skew": "the KDC's clock is more than the Kerberos tolerance away",
+    "kdc_unreachable": "the KDC did not answer: down, or Kerberos blocked on the way",
+}
+
+
+def _ticket_refusals(spn: str = "$labels.spn") -> str:
+    """``dc1 (principal_unknown), dc3 (principal_unknown)`` for the alert's server and SPN."""
+    return (
+        "{{ with printf `exchange_auth_service_ticket_failure{job=%q,instance=%q,server=%q,"
+        f"spn=%q}} == 1` $labels.job $labels.instance $labels.server {spn} | query }}}}"
+        '{{ range $i, $f := sortByLabel "domain_controller" . }}{{ if $i }}, {{ end }}'
+        "{{ $f.Labels.domain_controller }} ({{ $f.Labels.reason }}){{ end }}"
+        "{{ else }}no reason recorded{{ end }}"
+    )
+
+
+def _reason_meaning(reason: str) -> str:
+    """What ``reason`` (a template expression) means, from :data:`TICKET_REASONS`."""
+    text = "".join(
+        f'{{{{ {"if" if i == 0 else "else if"} eq {reason} "{name}" }}}}{meaning}'
+        for i, (name, meaning) in enumerate(TICKET_REASONS.items())
+    )
+    return text + "{{ end }}"
+
+
+def ticket_alerts(config: MixinConfig) -> list[Alert]:
+    ok = selector(config, "exchange_auth_service_ticket_ok")
+    # What the SPN or its replication explains. The account's keys (etype_nosupp) have an alert
+    # of their own; a DC that is down or off in time (kdc_unreachable, skew) fails every SPN
+    # alike, which the port and clock alerts report once; preauth_failed, no_credentials,
+    # timeout and other are the exporter's side as often as the server's.
+    refused = selector(config, "exchange_auth_service_ticket_failure", 'reason="principal_unknown"')
+    per_spn = "job, instance, server, spn"
+    etype = selector(config, "exchange_auth_service_ticket_failure", 'reason="etype_nosupp"')
+    rc4_only = selector(config, "exchange_auth_account_rc4_only")
+    krbtgt_aes_missing = selector(config, "exchange_auth_krbtgt_aes_missing")
+    first_reason = (
+        "{{ with printf `exchange_auth_service_ticket_failure{job=%q,instance=%q,server=%q,"
+        "spn=%q} == 1` $labels.job $labels.instance $labels.server $labels.spn | query }}"
+        '{{ $r := . | first | label "reason" }}'
+    )
+    return [
+        Alert(
+            "ExchangeAuthServiceTicketFailing",
+            f"count by ({per_spn}) ({ok} == 0)\n"
+            f"unless on ({per_spn}) ({ok} == 1)\n"
+            f"and on ({per_spn}) ({refused} == 1)",
+            config.for_.service_ticket_failing,
+            "critical",
+            "No domain controller issues a ticket for {{ $labels.spn }}",
+            "Every domain controller asked ({{ $value }}) refused the exporter a service ticket "
+            "for {{ $labels.spn }} of Exchange server {{ $labels.server }}: "
+            + _ticket_refusals()
+            + "."
+            + first_reason
+            + " {{ $r }}: "
+            + _reason_meaning("$r")
+            + ".{{ end }} Other Exchange servers get the same answer when they send mail to "
+            "{{ $labels.server }} with X-EXPS GSSAPI, and their mail queues with 454 4.7.0.",
+        ),
+        Alert(
+            "ExchangeAuthServiceTicketFailingOnSomeDcs",
+            f"{ok} == 0\n"
+            f"and on ({per_spn}) (max by ({per_spn}) ({ok}) == 1)\n"
+            f"and on ({per_spn}, domain_controller) ({refused} == 1)",
+            config.for_.service_ticket_failing_on_some_dcs,
+            "warning",
+            "{{ $labels.domain_controller }} refuses a ticket for {{ $labels.spn }} that other "
+            "DCs issue",
+            "Domain controller {{ $labels.domain_controller }} refused the exporter a service "
+            "ticket for {{ $labels.spn }} of Exchange server {{ $labels.server }}"
+            "{{ with printf `exchange_auth_service_ticket_failure{job=%q,instance=%q,server=%q,"
+            "spn=%q,domain_controller=%q} == 1` $labels.job $labels.instance $labels.server "
+            "$labels.spn $labels.domain_controller | query }}"
+            '{{ $r := . | first | label "reason" }} ({{ $r }}: '
+            + _reason_meaning("$r")
+            + "){{ end }}, while "
+            "{{ with printf `exchange_auth_service_ticket_ok{job=%q,instance=%q,server=%q,spn=%q} "
+            "== 1` $labels.job $labels.instance $labels.server $labels.spn | query }}"
+            '{{ range $i, $o := sortByLabel "domain_controller" . }}{{ if $i }}, {{ end }}'
+            "{{ $o.Labels.domain_controller }}{{ end }}{{ end }} issued one. Exchange servers "
+            "that pick {{ $labels.domain_controller }} fail with 454 4.7.0; a principal_unknown "
+            "there usually means the SPN has not replicated to it yet.",
+        ),
+        Alert(
+            "ExchangeAuthKerberosKeysUnusable",
+            f"max by (job, instance, server) ({etype} == 1)\n"
+            f"or on (job, instance, server)\n"
+            f"{no_usable_encryption_type_expr(config)}",
+            config.for_.kerberos_keys_unusable,
+            "critical",
+            "The KDC cannot encrypt a ticket for {{ $labels.server }}",
+            "The computer account of Exchange server {{ $labels.server }} has no key of an "
+            "encryption type the KDCs will use"
+            "{{ with printf `exchange_auth_service_ticket_failure{job=%q,instance=%q,server=%q,"
+            'reason="etype_nosupp"} == 1` $labels.job $labels.instance $labels.server | query }}'
+            ": tickets refused with KDC_ERR_ETYPE_NOSUPP for "
+            '{{ range $i, $f := sortByLabel "domain_controller" (sortByLabel "spn" .) }}'
+            "{{ if $i }}, {{ end }}{{ $f.Labels.spn }} by {{ $f.Labels.domain_controller }}"
+            "{{ end }}{{ end }}"
+            "{{ with printf `exchange_auth_account_encryption_types{job=%q,instance=%q,"
+            "server=%q}` $labels.job $labels.instance $labels.server | query }}"
+            '; its msDS-SupportedEncryptionTypes is {{ . | first | value | printf "%.0f" }}'
+            "{{ end }}"
+            "{{ with printf `exchange_auth_account_encryption_types_set{job=%q,instance=%q,"
+            "server=%q} == 0` $labels.job $labels.instance $labels.server | query }}"
+            " (unset: the KDCs' default){{ end }}. "
+            "Allow AES (Set-ADComputer -KerberosEncryptionType AES128,AES256) or give it new "
+            "keys (Reset-ComputerMachinePassword); until then mail to {{ $labels.server }} "
+            "fails with 454 4.7.0.",
+        ),
+        Alert(
+            "ExchangeAuthAccountRC4Only",
+            f"{rc4_only} == 1",
+            config.for_.account_rc4_only,
+            "warning",
+            "The computer account of {{ $labels.server }} allows RC4 only",
+            "msDS-SupportedEncryptionTypes of Exchange server {{ $labels.server }}'s computer "
+            "account is "
+            "{{ with printf `exchange_auth_account_encryption_types{job=%q,instance=%q,"
+            "server=%q}` $labels.job $labels.instance $labels.server | query }}"
+            '{{ . | first | value | printf "%.0f" }}{{ end }}: RC4-HMAC and no AES. Its tickets '
+            "work only while the KDCs still issue RC4 tickets; once they refuse RC4 (a hardened "
+            "DefaultDomainSupportedEncTypes, or Microsoft's RC4 removal) every Exchange server "
+            "sending to it fails with 454 4.7.0. Set AES128 and AES256 on the account.",
+        ),
+        Alert(
+            "ExchangeAuthKrbtgtAesMissing",
+            f"{krbtgt_aes_missing} == 1",
+            config.for_.krbtgt_aes_missing,
+            "warning",
+            "The krbtgt account is set without AES (read by {{ $labels.instance }})",
+            "msDS-SupportedEncryptionTypes of the realm's krbtgt account, as read by "
+            "{{ $labels.instance }}, is "
+            "{{ with printf `exchange_auth_krbtgt_encryption_types{job=%q,instance=%q}` "
+            '$labels.job $labels.instance | query }}{{ . | first | value | printf "%.0f" }}'
+            "{{ end }}: neither AES128 nor AES256. It is unset unless someone set it by hand. "
+            "TGTs are encrypted with krbtgt's own keys: check that it has AES keys (its password "
+            "changed since the domain reached functional level 2008), then clear the value.",
         ),
     ]
 
@@ -543,6 +691,7 @@ def alerts(config: MixinConfig) -> dict[str, list[Alert]]:
         "exchange-auth-replication": replication_alerts(config),
         "exchange-auth-kerberos": kerberos_alerts(config),
         "exchange-auth-spn": spn_alerts(config),
+        "exchange-auth-tickets": ticket_alerts(config),
         "exchange-auth-smtp": smtp_alerts(config),
         "exchange-auth-symptoms": symptom_alerts(config),
         "exchange-auth-exporter": exporter_alerts(config),

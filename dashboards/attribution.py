@@ -60,8 +60,13 @@ def _name() -> str:
 
 
 def _title() -> str:
-    """The name of the verdict series in ``.`` and its KB step."""
-    return _name() + " (KB step {{ .Labels.kb_step }})"
+    """The name of the verdict series in ``.`` and its KB step (or that it is beyond the KB)."""
+    beyond = " ".join(f'"{c.name}"' for c in CAUSES if not c.in_kb)
+    return (
+        _name()
+        + f"{{{{ if eq .Labels.cause {beyond} }}}} (beyond KB 979174)"
+        + "{{ else }} (KB step {{ .Labels.kb_step }}){{ end }}"
+    )
 
 
 def _details(config: MixinConfig) -> str:

@@ -40,6 +40,13 @@ class ForDurations:
     computer_account_missing: int = 600
     spn_missing: int = 600
     spn_duplicate: int = 600
+    # The service tickets are requested at every scrape: one refused request (a DC restarting)
+    # is no outage; the encryption types come from the spn scan, every 5 minutes.
+    service_ticket_failing: int = 600
+    service_ticket_failing_on_some_dcs: int = 900
+    kerberos_keys_unusable: int = 600
+    account_rc4_only: int = 1800
+    krbtgt_aes_missing: int = 1800
     exchange_auth_not_advertised: int = 600
     receive_connector_exchange_auth_disabled: int = 600
     queue_auth_errors: int = 300

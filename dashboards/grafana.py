@@ -7,7 +7,8 @@ Six dashboards, each with ``datasource``, ``job`` and ``server`` variables:
   what could not be judged and why, firing alerts and the exporter's own health;
 - clocks: offsets per server and source over time, the skew pairs against the tolerance;
 - kerberos: each DC x port x transport, with round-trip times and failure reasons;
-- spn: expected SPNs, duplicates with their owners, receive connectors and X-EXPS;
+- spn: expected SPNs, duplicates with their owners, service tickets per DC, encryption types,
+  receive connectors and X-EXPS;
 - queues: messages, errors by class, protocol-log response rates;
 - replication: each domain controller's inbound replication, per partner and naming context
   (KB step 2), and the DCs whose state cannot be read.
@@ -291,14 +292,15 @@ def _unless_empty(expr: str, fallback: str) -> str:
 
 def overview(config: MixinConfig) -> dict[str, Any]:
     def title(cause: VerdictCause) -> str:
-        step = f"{cause.kb_step} " if cause.kb_step else ""
+        step = f"{cause.kb_step} " if cause.kb_step and cause.in_kb else ""
         return step + cause.title[0].upper() + cause.title[1:]
 
     rename = {"server\\cause": "Exchange server"} | {c.name: title(c) for c in VERDICT_CAUSES}
     order = {"server\\cause": 0} | {c.name: i + 1 for i, c in enumerate(VERDICT_CAUSES)}
     matrix = table_panel(
         "Causes by Exchange server",
-        "Each Exchange server against each cause of KB 979174 (numbered by its step) and the two "
+        "Each Exchange server against each cause of KB 979174 (numbered by its step), the "
+        "account's Kerberos keys (beyond the KB: seen in service tickets) and the two "
         "symptoms, as the exporter judges them (exchange_auth_cause, the same verdicts as its "
         "status page and diagnose command): green OK, red problem, grey unknown (the evidence "
         "is missing; why is in the table below). Replication and KDC ports are judged from "
@@ -318,15 +320,16 @@ def overview(config: MixinConfig) -> dict[str, Any]:
     present = table_panel(
         "Evidence on the Exchange servers",
         "What the causes of each server are made of: which DC its clock is off against, which "
-        "SPN is missing or duplicated, which connector or port lacks ExchangeServer auth. The "
-        "value is the skew in seconds for clock skew.",
+        "SPN is missing or duplicated, which DC refused which service ticket and why, which "
+        "connector or port lacks ExchangeServer auth. The value is the skew in seconds for "
+        "clock skew.",
         [Query(f"{SERVER_DETAILS}{{{JOB}, {SERVER}}}", instant=True)],
         span=12,
     )
     domain = table_panel(
         "Evidence on the domain controllers",
-        "Kerberos ports that do not answer the exporter, and DCs that do not replicate a naming "
-        "context from a partner (value: consecutive failures, or seconds since the last "
+        "Kerberos ports that do not answer the exporter, KDCs its service-ticket requests cannot "
+        "reach, and DCs that do not replicate a naming context from a partner (value: consecutive failures, or seconds since the last "
         "success or attempt).",
         [Query(f"{DOMAIN_DETAILS}{{{JOB}}}", instant=True)],
         span=12,
@@ -638,19 +641,118 @@ def spn(config: MixinConfig) -> dict[str, Any]:
         unit="s",
         span=24,
     )
+    tickets, encryption = _ticket_panels(), _encryption_panels()
     return _board(
         config,
         "spn",
-        "Exchange auth / SPNs and ExchangeServer auth",
-        "SMTP and SMTPSVC service principal names, duplicates with their owners, and the "
-        "receive connectors' ExchangeServer authentication.",
+        "Exchange auth / SPNs, tickets and ExchangeServer auth",
+        "SMTP and SMTPSVC service principal names, duplicates with their owners, the service "
+        "tickets each DC issues for them and the accounts' encryption types, and the receive "
+        "connectors' ExchangeServer authentication.",
         _variables(config, _exchange_servers(config), "Exchange server"),
         [
             ("SPNs", [present, missing, accounts]),
             ("Duplicates", [duplicates, per_class]),
+            ("Service tickets", tickets),
+            ("Encryption types", encryption),
             ("ExchangeServer authentication", [connectors, advertised, age]),
         ],
     )
+
+
+_ISSUED = {"1": ("issued", "green"), "0": ("refused", "red")}
+
+
+def _ticket_panels() -> list[PanelBuilder]:
+    ok = f"exchange_auth_service_ticket_ok{{{JOB}, {SERVER}}}"
+    matrix = table_panel(
+        "Service tickets by domain controller",
+        "Whether each DC's KDC issues a ticket for each Exchange SPN, as another Exchange server "
+        "asks for one before X-EXPS GSSAPI. One DC refusing what the others issue points at "
+        "that DC (replication); every DC refusing, at the account or the SPN.",
+        [Query(ok, instant=True)],
+        span=12,
+        height=10,
+        mapping=_ISSUED,
+        transformations=[_matrix("spn", "domain_controller")],
+        hide=(),
+    )
+    reasons = table_panel(
+        "Why tickets are refused",
+        "principal_unknown (the SPN is missing or held twice), etype_nosupp (no key of a usable "
+        "encryption type), skew, kdc_unreachable, preauth_failed (the exporter's own "
+        "credentials), other.",
+        [
+            Query(
+                f"exchange_auth_service_ticket_failure{{{JOB}, {SERVER}}} == 1"
+                f" or count by (job) (exchange_auth_service_ticket_ok{{{JOB}}}) * 0",
+                instant=True,
+            )
+        ],
+        span=12,
+        height=10,
+        hide=("Time", "job", "instance", "__name__", "Value"),
+    )
+    duration = timeseries_panel(
+        "Time to a service ticket",
+        "From the request to the ticket (or the refusal), per DC.",
+        [
+            Query(
+                f"max by (server, domain_controller) "
+                f"(exchange_auth_service_ticket_duration_seconds{{{JOB}, {SERVER}}})",
+                legend="{{server}} via {{domain_controller}}",
+            )
+        ],
+        unit="s",
+        span=24,
+        height=6,
+    )
+    return [matrix, reasons, duration]
+
+
+def _encryption_panels() -> list[PanelBuilder]:
+    value = f"exchange_auth_account_encryption_types{{{JOB}, {SERVER}}}"
+    rc4_only = f"exchange_auth_account_rc4_only{{{JOB}, {SERVER}}}"
+    aes_missing = f"exchange_auth_account_aes_missing{{{JOB}, {SERVER}}}"
+    types = table_panel(
+        "msDS-SupportedEncryptionTypes",
+        "Of each Exchange server's computer account, as the KDC uses it: 0x4 RC4-HMAC, 0x8 "
+        "AES128, 0x10 AES256, 0x20 AES session keys (0x1, 0x2: DES, off on every current KDC). "
+        "Windows writes 0x1c (RC4 + AES) itself; an unset value shows the KDC's default "
+        "(checks.spn.default_encryption_types, 0x27 since November 2022).",
+        [Query(value, instant=True)],
+        span=10,
+        height=8,
+    )
+    weak = table_panel(
+        "RC4 only or no usable type",
+        "Accounts set to RC4-HMAC alone (their tickets fail once the KDCs refuse RC4: "
+        "Set-ADComputer <name> -KerberosEncryptionType AES128,AES256), or to neither RC4 nor AES "
+        "(no ticket at all). Unset accounts follow the KDCs' default and are not listed.",
+        [
+            Query(
+                _unless_empty(
+                    f'label_replace({rc4_only} == 1, "flag", "rc4_only", "", "")'
+                    f" or label_replace(({aes_missing} == 1 unless on (job, instance, server)"
+                    f' {rc4_only} == 1), "flag", "no_usable_type", "", "")',
+                    value,
+                ),
+                instant=True,
+            )
+        ],
+        span=10,
+        height=8,
+        hide=("Time", "job", "instance", "__name__", "Value"),
+    )
+    krbtgt = stat_panel(
+        "krbtgt",
+        "msDS-SupportedEncryptionTypes of the realm's krbtgt account; unset shows 0x18 (24): the "
+        "KDC encrypts TGTs with krbtgt's AES key from domain functional level 2008 on.",
+        [Query(f"exchange_auth_krbtgt_encryption_types{{{JOB}}}", legend="{{instance}}")],
+        span=4,
+        height=8,
+    )
+    return [types, weak, krbtgt]
 
 
 def queues(config: MixinConfig) -> dict[str, Any]:

@@ -76,6 +76,69 @@ def write(directory: Path = HERE, config: MixinConfig = CONFIG) -> list[Path]:
     return written
 
 
+# Copies for Kubernetes (deploy/kubernetes/base/), relative to the repository root: kustomize reads no
+# file outside its folder, and the Prometheus Operator and Grafana's sidecar want objects.
+ROOT = HERE.parent
+PROMETHEUS_RULE_FILE = "deploy/kubernetes/base/prometheusrule.yaml"
+DASHBOARDS_CONFIGMAP_FILE = "deploy/kubernetes/base/grafana-dashboards.yaml"
+_K8S_LABELS = {"app.kubernetes.io/name": "exchange-auth-exporter"}
+
+
+def prometheus_rule_yaml(config: MixinConfig = CONFIG) -> str:
+    """The alerts and recording rules as one Prometheus Operator ``PrometheusRule``."""
+    rule = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "exchange-auth-exporter", "labels": dict(_K8S_LABELS)},
+        "spec": {"groups": [*recording_rule_groups(config), *alert_rule_groups(config)]},
+    }
+    return to_yaml(rule)
+
+
+def dashboards_configmap_yaml(config: MixinConfig = CONFIG) -> str:
+    """The dashboards as a ConfigMap that Grafana's dashboard sidecar picks up by its label."""
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "exchange-auth-exporter-dashboards",
+            "labels": {**_K8S_LABELS, "grafana_dashboard": "1"},
+        },
+        "data": {
+            f"{name}.json": dashboard_json(board) for name, board in dashboards(config).items()
+        },
+    }
+    return to_yaml(configmap)
+
+
+def render_deploy(config: MixinConfig = CONFIG) -> dict[str, str]:
+    """The generated files under deploy/, keyed by their path from the repository root."""
+    return {
+        PROMETHEUS_RULE_FILE: prometheus_rule_yaml(config),
+        DASHBOARDS_CONFIGMAP_FILE: dashboards_configmap_yaml(config),
+    }
+
+
+def write_deploy(root: Path = ROOT, config: MixinConfig = CONFIG) -> list[Path]:
+    written = []
+    for relative, text in render_deploy(config).items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        written.append(path)
+    return written
+
+
+def stale_deploy(root: Path = ROOT, config: MixinConfig = CONFIG) -> list[str]:
+    """The generated files under deploy/ that differ from what the code generates."""
+    return [
+        relative
+        for relative, text in render_deploy(config).items()
+        if not (root / relative).exists() or (root / relative).read_text() != text
+    ]
+
+
 def stale(directory: Path = HERE, config: MixinConfig = CONFIG) -> list[str]:
     """The generated files that differ from (or are missing beside) what the code generates."""
     files = render(config)

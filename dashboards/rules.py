@@ -57,10 +57,12 @@ class VerdictCause:
     title: str  # how descriptions and the matrix name it
     kb_step: str | None  # the KB 979174 step that fixes it; None for the symptoms
     domain_wide: bool = False  # judged from the DCs' side: the same for every Exchange server
+    # False for a cause KB 979174 does not name: its kb_step only orders it after the KB's.
+    in_kb: bool = True
 
 
 # The exporter's causes (exporter.verdicts.Cause), in the order of KB 979174's steps, then the
-# two symptoms.
+# cause beyond the KB (the account's keys, seen in service tickets), then the two symptoms.
 VERDICT_CAUSES = (
     VerdictCause("clock_skew", "clock skew", "1"),
     VerdictCause("replication", "AD replication", "2", domain_wide=True),
@@ -68,6 +70,7 @@ VERDICT_CAUSES = (
     VerdictCause("spn_duplicate", "SPN duplicated", "4"),
     VerdictCause("kerberos_ports_blocked", "Kerberos ports blocked", "5", domain_wide=True),
     VerdictCause("receive_connector_auth", "receive connector authentication", "6"),
+    VerdictCause("kerberos_keys", "Kerberos keys and encryption types", "7", in_kb=False),
     VerdictCause("queue_auth_errors", "queues with 454 4.7.0", None),
     VerdictCause("log_auth_failures", "454 4.7.0 in the protocol logs", None),
 )
@@ -107,6 +110,22 @@ def server_details(config: MixinConfig) -> tuple[Detail, ...]:
             "{{ if $i }}; {{ end }}{{ $o.Labels.account }}{{ end }}){{ end }}",
         ),
         Detail(
+            "service_ticket_principal_unknown",
+            "service ticket for {{ .Labels.subject }} refused: principal unknown",
+        ),
+        Detail(
+            "service_ticket_etype_nosupp",
+            "service ticket for {{ .Labels.subject }} refused: no key of a usable encryption type",
+        ),
+        Detail(
+            "service_ticket_skew",
+            "domain controller {{ .Labels.subject }} refused a service ticket for clock skew",
+        ),
+        Detail(
+            "account_no_usable_encryption_type",
+            'msDS-SupportedEncryptionTypes {{ printf "%.0f" .Value }} allows neither RC4 nor AES',
+        ),
+        Detail(
             "exchange_auth_not_advertised",
             "X-EXPS GSSAPI not offered on port {{ .Labels.subject }}",
         ),
@@ -125,6 +144,10 @@ def _pair() -> str:
 def domain_details() -> tuple[Detail, ...]:
     return (
         Detail("kerberos_port_down", "{{ .Labels.domain_controller }} {{ .Labels.subject }}"),
+        Detail(
+            "service_ticket_kdc_unreachable",
+            "{{ .Labels.domain_controller }} unreachable for service tickets",
+        ),
         Detail(
             "replication_failing",
             _pair() + ': {{ printf "%.0f" .Value }} consecutive failures'
@@ -202,6 +225,20 @@ def _server_detail(
     return f"max by ({by(SERVER_DETAIL_LABELS)}) (\n  {expr}\n)"
 
 
+def _ticket_refusals(config: MixinConfig, reason: str) -> str:
+    """The ticket failures for ``reason``, with ``subject`` = ``<SPN> at <DC>``."""
+    failure = selector(config, "exchange_auth_service_ticket_failure", f'reason="{reason}"')
+    return f'label_join({failure} == 1, "subject", " at ", "spn", "domain_controller")'
+
+
+def no_usable_encryption_type_expr(config: MixinConfig) -> str:
+    """Accounts whose own msDS-SupportedEncryptionTypes allows neither AES nor RC4 (DES at most):
+    no current KDC issues a ticket for them. The flags are 0 for an unset value."""
+    aes_missing = selector(config, "exchange_auth_account_aes_missing")
+    rc4_only = selector(config, "exchange_auth_account_rc4_only")
+    return f"({aes_missing} == 1 unless on (job, instance, server) {rc4_only} == 1)"
+
+
 def server_details_expr(config: MixinConfig) -> str:
     tolerance = config.kerberos_tolerance_seconds
     warning = config.skew_warning_seconds
@@ -249,6 +286,32 @@ def server_details_expr(config: MixinConfig) -> str:
             "spn_duplicate",
             "spn_duplicate",
             subject_label="spn",
+        ),
+        _server_detail(
+            _ticket_refusals(config, "principal_unknown"),
+            "spn_missing",
+            "service_ticket_principal_unknown",
+            subject_label="subject",
+        ),
+        _server_detail(
+            _ticket_refusals(config, "etype_nosupp"),
+            "kerberos_keys",
+            "service_ticket_etype_nosupp",
+            subject_label="subject",
+        ),
+        _server_detail(
+            selector(config, "exchange_auth_service_ticket_failure", 'reason="skew"') + " == 1",
+            "clock_skew",
+            "service_ticket_skew",
+            subject_label="domain_controller",
+        ),
+        _server_detail(
+            f"{no_usable_encryption_type_expr(config)}\n"
+            f"* on (job, instance, server) {selector(config, 'exchange_auth_account_encryption_types')}",
+            "kerberos_keys",
+            "account_no_usable_encryption_type",
+            subject="msDS-SupportedEncryptionTypes",
+            keep_value=True,
         ),
         _server_detail(
             selector(
@@ -329,6 +392,12 @@ def domain_details_expr(config: MixinConfig) -> str:
             copy_label(port_down, "domain_controller", "server"),
             "kerberos_ports_blocked",
             "kerberos_port_down",
+        ),
+        _domain_detail(
+            selector(config, "exchange_auth_service_ticket_failure", 'reason="kdc_unreachable"')
+            + " == 1",
+            "kerberos_ports_blocked",
+            "service_ticket_kdc_unreachable",
         ),
         _domain_detail(
             f"(\n{indent(replication_failing_expr(config), 4)}\n  )",

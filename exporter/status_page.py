@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .inventory import Inventory
-from .verdicts import SYMPTOMS, Cause, State, Verdict
+from .verdicts import BEYOND_KB, SYMPTOMS, Cause, State, Verdict
 
 __all__ = ["render_status_page"]
 
@@ -59,7 +59,7 @@ def render_status_page(
         by_server.setdefault(verdict.server, {})[verdict.cause] = verdict
     header = "".join(
         f'<th class="cause"><a href="{RUNBOOK}#{c.value.replace("_", "-")}">{c.value}</a>'
-        f"{' (symptom)' if c in SYMPTOMS else ''}</th>"
+        f"{' (symptom)' if c in SYMPTOMS else ' (beyond the KB)' if c in BEYOND_KB else ''}</th>"
         for c in causes
     )
     rows = "\n".join(

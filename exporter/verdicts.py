@@ -9,7 +9,8 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -19,14 +20,16 @@ from .checks.base import CheckRun, ClockReading, Failure, clock_readings_of
 from .checks.clock import best_readings
 from .checks.kerberos import KerberosResult
 from .checks.replication import Replication
+from .checks.service_tickets import ServiceTicketsResult
 from .checks.smtp import SmtpResult
-from .checks.spn import Duplicates, ServerAccounts, expected_spns, short_name
+from .checks.spn import Account, Duplicates, ServerAccounts, expected_spns, short_name
 from .config import Settings
 from .inventory import Inventory
+from .protocols import enctypes
 from .scrape import ScrapeResult
 from .servers import Server
 
-__all__ = ["Cause", "Evidence", "State", "Verdict", "verdict_metrics", "verdicts"]
+__all__ = ["Cause", "Evidence", "State", "Ticket", "Verdict", "verdict_metrics", "verdicts"]
 
 INTRA_ORG_PORT = 2525
 
@@ -38,7 +41,7 @@ class State(enum.StrEnum):
 
 
 class Cause(enum.StrEnum):
-    """In the order of KB 979174's steps, then the symptoms."""
+    """In the order of KB 979174's steps, then the causes beyond the KB, then the symptoms."""
 
     CLOCK_SKEW = "clock_skew"
     REPLICATION = "replication"
@@ -46,11 +49,14 @@ class Cause(enum.StrEnum):
     SPN_DUPLICATE = "spn_duplicate"
     KERBEROS_PORTS_BLOCKED = "kerberos_ports_blocked"
     RECEIVE_CONNECTOR_AUTH = "receive_connector_auth"
+    # Not in KB 979174: the account has no key of a type the KDC will encrypt a ticket with.
+    KERBEROS_KEYS = "kerberos_keys"
     QUEUE_AUTH_ERRORS = "queue_auth_errors"
     LOG_AUTH_FAILURES = "log_auth_failures"
 
 
 SYMPTOMS = frozenset({Cause.QUEUE_AUTH_ERRORS, Cause.LOG_AUTH_FAILURES})
+BEYOND_KB = frozenset({Cause.KERBEROS_KEYS})
 
 
 @dataclass(frozen=True)
@@ -81,15 +87,85 @@ class Evidence:
         state = self.scans.get(name)
         return state if state is not None and state.result is not None else None
 
+    def tickets(self, server: str) -> list[Ticket] | None:
+        """The service tickets asked for ``server``'s SPNs, at every DC; None when the service
+        ticket check has not run at all (then there is no ticket evidence either way)."""
+        by_server = self._tickets_by_server
+        return None if by_server is None else by_server.get(server, [])
+
+    @cached_property
+    def _tickets_by_server(self) -> dict[str, list[Ticket]] | None:
+        runs = self.runs(TICKET_CHECK)
+        if not runs:
+            return None
+        by_server: dict[str, list[Ticket]] = {}
+        for name, run in runs.items():
+            if isinstance(run.outcome, Failure):
+                continue  # no verdict for this server: nothing learnt from its tickets
+            result: ServiceTicketsResult = run.outcome
+            by_server[name] = [
+                Ticket(name, t.spn, t.domain_controller, t.ok, t.reason) for t in result.tickets
+            ]
+        return by_server
+
 
 Judge = Callable[[Evidence, Server], Verdict]
+
+TICKET_CHECK = "service_tickets"
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """One service ticket the exporter asked a DC's KDC for (exporter/checks/service_tickets.py)."""
+
+    server: str  # the Exchange server whose SPN it is
+    spn: str
+    domain_controller: str  # the DC whose KDC answered (or did not)
+    ok: bool
+    # principal_unknown, etype_nosupp, skew, kdc_unreachable, preauth_failed, ...; "" when ok
+    reason: str = ""
+
+
+def _refused(tickets: Sequence[Ticket], reason: str) -> dict[str, list[str]]:
+    """SPN -> the DCs that refused a ticket for it with ``reason``, in a stable order."""
+    by_spn: dict[str, list[str]] = {}
+    for ticket in sorted(tickets, key=lambda t: (t.spn.casefold(), t.domain_controller)):
+        if not ticket.ok and ticket.reason == reason:
+            by_spn.setdefault(ticket.spn, []).append(ticket.domain_controller)
+    return by_spn
+
+
+def _dcs(tickets: Sequence[Ticket], spn: str | None = None) -> list[str]:
+    """The DCs asked (for ``spn``, or for any SPN)."""
+    return sorted(
+        {t.domain_controller for t in tickets if spn is None or t.spn.casefold() == spn.casefold()}
+    )
+
+
+def _which(refusing: Sequence[str], asked: Sequence[str]) -> str:
+    """``every DC asked (dc1, dc3)`` or ``dc3 (of 2 DCs asked)``: one DC refusing what others
+    issue points at that DC (replication), every DC at the account or the SPN itself."""
+    names = ", ".join(refusing)
+    if len(refusing) >= len(asked):
+        return f"every DC asked ({names})" if len(refusing) > 1 else names
+    return f"{names} (of {len(asked)} DCs asked)"
+
+
+def _ticket_line(spn: str, refusing: Sequence[str], asked: Sequence[str], what: str) -> str:
+    return f"service ticket for {spn} refused by {_which(refusing, asked)}: {what}"
+
+
+_PRINCIPAL_UNKNOWN = (
+    "principal unknown (KDC_ERR_S_PRINCIPAL_UNKNOWN: no account, or more than one, holds it)"
+)
+_ETYPE_NOSUPP = "no key of a usable encryption type (KDC_ERR_ETYPE_NOSUPP)"
 
 
 def _unknown(server: Server, cause: Cause, reason: str, why: str) -> Verdict:
     return Verdict(server.name, cause, State.UNKNOWN, (why,), reason)
 
 
-def _clock_skew(evidence: Evidence, server: Server) -> Verdict:
+def _clock_readings_skew(evidence: Evidence, server: Server) -> Verdict:
     cause = Cause.CLOCK_SKEW
     clock = evidence.settings.checks.clock
     if not clock.enabled or evidence.scrape is None:
@@ -147,13 +223,20 @@ def _is_edge(server: Server) -> bool:
     return server.exchange is not None and server.exchange.edge
 
 
+def _duplicated(evidence: Evidence) -> Duplicates | None:
+    state = evidence.scan("duplicate_spn")
+    return state.result if state is not None and isinstance(state.result, Duplicates) else None
+
+
 def _spn_missing(evidence: Evidence, server: Server) -> Verdict:
     cause = Cause.SPN_MISSING
     if _is_edge(server):
         return Verdict(server.name, cause, State.OK, (_EDGE,))
+    tickets = evidence.tickets(server.name) or []
+    unknown_to_kdc = _refused(tickets, "principal_unknown")
     state = evidence.scan("spn")
     if state is None:
-        return _unknown(server, cause, "no_scan", "the SPN scan has not succeeded yet")
+        return _spn_missing_from_tickets(server, tickets, unknown_to_kdc)
     result = state.result
     assert isinstance(result, ServerAccounts)
     if server.name not in result.accounts:
@@ -167,33 +250,105 @@ def _spn_missing(evidence: Evidence, server: Server) -> Verdict:
             State.PROBLEM,
             (
                 f"no computer account found for {server.name} (by dNSHostName or {short_name(server)}$)",
+                *(
+                    _ticket_line(spn, dcs, _dcs(tickets, spn), _PRINCIPAL_UNKNOWN)
+                    for spn, dcs in unknown_to_kdc.items()
+                ),
             ),
             fix=("check the server's domain membership: Test-ComputerSecureChannel -Verbose",),
         )
     held = {spn.casefold() for spn in account.spns}
     missing = [spn for spn in wanted if spn.casefold() not in held]
-    if not missing:
-        return Verdict(
-            server.name, cause, State.OK, (f"{len(wanted)} SPNs on {account.sam_account_name}",)
+    lines: list[str] = []
+    fixes: list[str] = []
+    if missing:
+        lines.append(f"missing on {account.sam_account_name}: {', '.join(missing)}")
+        fixes += [f"setspn -S {spn} {short_name(server)}" for spn in missing]
+    refused = {spn.casefold(): (spn, dcs) for spn, dcs in unknown_to_kdc.items()}
+    issued = {t.spn.casefold(): t for t in tickets if t.ok}
+    for spn in missing:
+        if spn.casefold() in refused:
+            # The strongest sign: the KDC Exchange asks does not find it either.
+            lines.append(
+                _ticket_line(
+                    spn, refused[spn.casefold()][1], _dcs(tickets, spn), "principal unknown"
+                )
+            )
+        elif spn.casefold() in issued:
+            ticket = issued[spn.casefold()]
+            lines.append(
+                f"yet {ticket.domain_controller} issued a ticket for {spn}: it was added after the "
+                "last SPN scan, or another account holds it (then the receiver cannot decrypt the "
+                "ticket: KRB_AP_ERR_MODIFIED)"
+            )
+            fixes.insert(0, f"setspn -Q {spn}")
+    # Held according to LDAP, unknown to a KDC, and not a duplicate (spn_duplicate reports those):
+    # the DC that refused has not received it yet.
+    duplicates = _duplicated(evidence)
+    for key, (spn, dcs) in refused.items():
+        if key not in held or (duplicates is not None and key in duplicates.owners):
+            continue
+        duplicate = " or held twice (the duplicate scan has not run)" if duplicates is None else ""
+        lines.append(
+            _ticket_line(spn, dcs, _dcs(tickets, spn), "principal unknown")
+            + f", though {account.sam_account_name} holds it: not yet replicated to that DC{duplicate}"
         )
-    return Verdict(
-        server.name,
-        cause,
-        State.PROBLEM,
-        (f"missing on {account.sam_account_name}: {', '.join(missing)}",),
-        fix=tuple(f"setspn -S {spn} {short_name(server)}" for spn in missing),
-    )
+        fixes += [f"repadmin /syncall /AdeP   (then: klist get {spn})", f"setspn -Q {spn}"]
+    if not lines:
+        confirmed = (
+            f"; {len(issued)} of them confirmed by a service ticket from "
+            f"{', '.join(_dcs([t for t in tickets if t.ok]))}"
+            if issued
+            else ""
+        )
+        return Verdict(
+            server.name,
+            cause,
+            State.OK,
+            (f"{len(wanted)} SPNs on {account.sam_account_name}{confirmed}",),
+        )
+    return Verdict(server.name, cause, State.PROBLEM, tuple(lines), fix=tuple(dict.fromkeys(fixes)))
+
+
+def _spn_missing_from_tickets(
+    server: Server, tickets: Sequence[Ticket], unknown_to_kdc: Mapping[str, list[str]]
+) -> Verdict:
+    """No SPN scan (no LDAP credentials, or not run yet): the tickets alone, if any."""
+    cause = Cause.SPN_MISSING
+    if unknown_to_kdc:
+        return Verdict(
+            server.name,
+            cause,
+            State.PROBLEM,
+            tuple(
+                _ticket_line(spn, dcs, _dcs(tickets, spn), _PRINCIPAL_UNKNOWN)
+                for spn, dcs in unknown_to_kdc.items()
+            ),
+            fix=tuple(f"setspn -Q {spn}" for spn in unknown_to_kdc),
+        )
+    issued = sorted({t.spn for t in tickets if t.ok})
+    if issued:
+        return Verdict(
+            server.name,
+            cause,
+            State.OK,
+            (
+                f"the KDCs issue tickets for {', '.join(issued)} (the SPN scan has not run: which "
+                "account holds them is unchecked)",
+            ),
+        )
+    return _unknown(server, cause, "no_scan", "the SPN scan has not succeeded yet")
 
 
 def _spn_duplicate(evidence: Evidence, server: Server) -> Verdict:
     cause = Cause.SPN_DUPLICATE
     if _is_edge(server):
         return Verdict(server.name, cause, State.OK, (_EDGE,))
-    state = evidence.scan("duplicate_spn")
-    if state is None:
+    result = _duplicated(evidence)
+    if result is None:
         return _unknown(server, cause, "no_scan", "the duplicate SPN scan has not succeeded yet")
-    result = state.result
-    assert isinstance(result, Duplicates)
+    tickets = evidence.tickets(server.name) or []
+    refused = {spn.casefold(): dcs for spn, dcs in _refused(tickets, "principal_unknown").items()}
     lines = []
     fixes = []
     for spn in expected_spns(server, evidence.settings.checks.spn.service_classes):
@@ -201,6 +356,10 @@ def _spn_duplicate(evidence: Evidence, server: Server) -> Verdict:
         if found is None:
             continue
         lines.append(f"{found[0]} is held by {len(found[1])} accounts: {'; '.join(found[1])}")
+        if spn.casefold() in refused:
+            lines.append(
+                _ticket_line(spn, refused[spn.casefold()], _dcs(tickets, spn), "principal unknown")
+            )
         fixes.append(
             f"setspn -Q {spn}   then remove it from every account but {short_name(server)}$: setspn -D {spn} <account>"
         )
@@ -211,7 +370,7 @@ def _spn_duplicate(evidence: Evidence, server: Server) -> Verdict:
     return Verdict(server.name, cause, State.PROBLEM, tuple(lines), fix=("setspn -X -F", *fixes))
 
 
-def _kerberos_ports(evidence: Evidence, server: Server) -> Verdict:
+def _kerberos_port_probes(evidence: Evidence, server: Server) -> Verdict:
     cause = Cause.KERBEROS_PORTS_BLOCKED
     if not evidence.settings.checks.kerberos.enabled:
         return _unknown(server, cause, "disabled", "the Kerberos check is not enabled")
@@ -237,7 +396,7 @@ def _kerberos_ports(evidence: Evidence, server: Server) -> Verdict:
             State.PROBLEM,
             (f"seen from the exporter: {', '.join(blocked)}",),
             fix=(
-                "allow TCP and UDP 88 (Kerberos) and 464 (kpasswd) between the Exchange servers and every DC",
+                *_PORT_FIXES,
                 f"from {short_name(server)}: Test-NetConnection <dc> -Port 88; Test-NetConnection <dc> -Port 464",
             ),
         )
@@ -246,6 +405,54 @@ def _kerberos_ports(evidence: Evidence, server: Server) -> Verdict:
     return Verdict(
         server.name, cause, State.OK, (f"88 and 464 answer on {len(runs) - len(unknown)} DC(s)",)
     )
+
+
+def _refusing_dcs(evidence: Evidence, server: Server, reason: str) -> list[str]:
+    return sorted(
+        {t.domain_controller for t in evidence.tickets(server.name) or [] if t.reason == reason}
+    )
+
+
+_PORT_FIXES = (
+    "allow TCP and UDP 88 (Kerberos) and 464 (kpasswd) between the Exchange servers and every DC",
+)
+
+
+def _kerberos_ports(evidence: Evidence, server: Server) -> Verdict:
+    """The port probes, and the service tickets that could not reach a KDC (a ticket too big
+    for UDP needs TCP 88: a firewall passing only UDP lets the probe through, not the ticket)."""
+    verdict = _kerberos_port_probes(evidence, server)
+    unreachable = _refusing_dcs(evidence, server, "kdc_unreachable")
+    if not unreachable:
+        return verdict
+    line = f"service ticket requests could not reach the KDC of {', '.join(unreachable)}"
+    if verdict.state is State.PROBLEM:
+        return replace(verdict, evidence=(*verdict.evidence, line))
+    return Verdict(
+        server.name,
+        verdict.cause,
+        State.PROBLEM,
+        (line, *(verdict.evidence if verdict.state is State.OK else ())),
+        fix=(
+            *_PORT_FIXES,
+            f"from {short_name(server)}: Test-NetConnection {unreachable[0]} -Port 88; "
+            f"klist get SMTPSVC/{server.name}",
+        ),
+    )
+
+
+def _clock_skew(evidence: Evidence, server: Server) -> Verdict:
+    """The clock readings; a KDC refusing a ticket for clock skew (against the exporter's own
+    clock) is added as evidence that names the DC."""
+    verdict = _clock_readings_skew(evidence, server)
+    skewed = _refusing_dcs(evidence, server, "skew")
+    if not skewed:
+        return verdict
+    line = (
+        f"the KDC of {', '.join(skewed)} refused a service ticket for clock skew "
+        "(KRB_AP_ERR_SKEW): its clock is more than the tolerance from the exporter's"
+    )
+    return replace(verdict, evidence=(*verdict.evidence, line))
 
 
 def _replication(evidence: Evidence, server: Server) -> Verdict:
@@ -271,6 +478,105 @@ def _replication(evidence: Evidence, server: Server) -> Verdict:
             fix=("repadmin /replsummary", "repadmin /showrepl <dc>", "repadmin /syncall /AdeP"),
         )
     return Verdict(server.name, cause, State.OK, ("every DC replicates inbound without failures",))
+
+
+def _account_of(evidence: Evidence, server: Server) -> Account | None:
+    state = evidence.scan("spn")
+    if state is None or not isinstance(state.result, ServerAccounts):
+        return None
+    return state.result.accounts.get(server.name)
+
+
+def _encryption_line(account: Account, default: int) -> str | None:
+    """How the account's msDS-SupportedEncryptionTypes reads, with what the KDC makes of it."""
+    if not account.encryption_types_read:
+        return None
+    own = account.encryption_types
+    if own is None:
+        return (
+            f"{account.sam_account_name} msDS-SupportedEncryptionTypes unset: the KDC's default "
+            f"applies, {enctypes.describe(default)} (checks.spn.default_encryption_types)"
+        )
+    return f"{account.sam_account_name} msDS-SupportedEncryptionTypes {enctypes.describe(own)}"
+
+
+def _kerberos_keys(evidence: Evidence, server: Server) -> Verdict:
+    cause = Cause.KERBEROS_KEYS
+    if _is_edge(server):
+        return Verdict(server.name, cause, State.OK, (_EDGE,))
+    default = evidence.settings.checks.spn.default_encryption_types
+    account = _account_of(evidence, server)
+    tickets = evidence.tickets(server.name)
+    short = short_name(server)
+    name = account.sam_account_name if account is not None else f"{short}$"
+    own = account.encryption_types if account is not None else None
+    described = _encryption_line(account, default) if account is not None else None
+    context = (described,) if described else ()
+    risk: tuple[str, ...] = ()
+    if own is not None and enctypes.rc4_only(own):
+        risk = (
+            "at risk: RC4-HMAC is its only encryption type; its tickets fail once the KDCs "
+            "refuse RC4",
+        )
+    refused = _refused(tickets or [], "etype_nosupp")
+    if refused:
+        lines = [
+            _ticket_line(spn, dcs, _dcs(tickets or [], spn), _ETYPE_NOSUPP)
+            for spn, dcs in refused.items()
+        ]
+        dc = next(iter(refused.values()))[0]
+        fixes = [
+            f"Get-ADComputer {short} -Properties msDS-SupportedEncryptionTypes, KerberosEncryptionType",
+            f"on {dc}: System log, Kerberos-Key-Distribution-Center event 16 or 27: 'While processing "
+            f"a TGS request for the target server {next(iter(refused))}, the account {name} did not "
+            "have a suitable key for generating a Kerberos ticket' (it lists the requested and the "
+            "available etypes)",
+            "on the sending Exchange servers, MSExchangeTransport event 2017: 'Outbound "
+            "authentication failed with error KdcUnknownEncryptionType ... The target is "
+            f"{next(iter(refused))}'",
+        ]
+        if own is not None and enctypes.aes_missing(own):
+            fixes.append(
+                f"Set-ADComputer {short} -KerberosEncryptionType AES128,AES256   (or "
+                f"-Replace @{{'msDS-SupportedEncryptionTypes'=24}})"
+            )
+        fixes += [
+            f"on {short}: Reset-ComputerMachinePassword -Server {dc}   (new keys of every type "
+            "allowed; Test-ComputerSecureChannel -Repair does the same)",
+            "on the sending Exchange servers: klist purge -li 0x3e7   (drop the cached tickets)",
+        ]
+        return Verdict(server.name, cause, State.PROBLEM, (*lines, *context), fix=tuple(fixes))
+    if own is not None and not enctypes.usable(own):
+        return Verdict(
+            server.name,
+            cause,
+            State.PROBLEM,
+            (
+                *context,
+                "no KDC issues tickets with these types (DES is off on every current KDC)",
+            ),
+            fix=(
+                f"Set-ADComputer {short} -KerberosEncryptionType AES128,AES256   (or "
+                f"-Replace @{{'msDS-SupportedEncryptionTypes'=24}})",
+                "on the sending Exchange servers: klist purge -li 0x3e7",
+            ),
+        )
+    issued = sorted({t.domain_controller for t in tickets or [] if t.ok})
+    if issued:
+        return Verdict(
+            server.name,
+            cause,
+            State.OK,
+            (f"service tickets issued by {', '.join(issued)}", *context, *risk),
+        )
+    if tickets is None:
+        why = "no service ticket was requested (the service_tickets check is not enabled)"
+    elif not tickets:
+        why = f"no service ticket was requested for {server.name}'s SPNs"
+    else:
+        reasons = sorted({f"{t.domain_controller}: {t.reason}" for t in tickets})
+        why = f"no DC got as far as its keys ({'; '.join(reasons)})"
+    return Verdict(server.name, cause, State.UNKNOWN, (why, *context, *risk), "no_reading")
 
 
 def _receive_connector_auth(evidence: Evidence, server: Server) -> Verdict:
@@ -346,6 +652,7 @@ JUDGES: dict[Cause, Judge] = {
     Cause.SPN_DUPLICATE: _spn_duplicate,
     Cause.KERBEROS_PORTS_BLOCKED: _kerberos_ports,
     Cause.RECEIVE_CONNECTOR_AUTH: _receive_connector_auth,
+    Cause.KERBEROS_KEYS: _kerberos_keys,
     Cause.QUEUE_AUTH_ERRORS: _symptom("queue_snapshots", Cause.QUEUE_AUTH_ERRORS),
     Cause.LOG_AUTH_FAILURES: _symptom("protocol_logs", Cause.LOG_AUTH_FAILURES),
 }

@@ -25,6 +25,7 @@ from ..background import Scan, ScanState
 from ..config import Settings
 from ..inventory import Inventory
 from ..ldap import LdapClient, LdapEntry, LdapError, LdapTarget, client_for, run_in_ldap_thread
+from ..protocols import enctypes
 from ..servers import Server
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "SERVER_SPN_SCAN",
     "Account",
     "Duplicates",
+    "Krbtgt",
     "ServerAccounts",
     "expected_spns",
     "find_duplicates",
@@ -50,6 +52,26 @@ class Account:
     sam_account_name: str
     dns_host_name: str
     spns: tuple[str, ...]
+    # msDS-SupportedEncryptionTypes; None when unset (or 0: the KDC's default applies then).
+    encryption_types: int | None = None
+    # False when it could not be read: the account is outside the configured DC's domain.
+    encryption_types_read: bool = False
+
+    def effective_encryption_types(self, default: int) -> int | None:
+        """What the KDC uses for this account's tickets; None when the attribute was not read."""
+        return (
+            enctypes.effective(self.encryption_types, default)
+            if self.encryption_types_read
+            else None
+        )
+
+
+@dataclass(frozen=True)
+class Krbtgt:
+    """The realm's krbtgt account: its msDS-SupportedEncryptionTypes (None when unset)."""
+
+    dn: str
+    encryption_types: int | None
 
 
 @dataclass(frozen=True)
@@ -57,6 +79,7 @@ class ServerAccounts:
     """Per Exchange server (by name): its computer account, or None when there is none."""
 
     accounts: dict[str, Account | None]
+    krbtgt: Krbtgt | None = None  # None: not found in the configured DC's domain
 
 
 @dataclass(frozen=True)
@@ -100,12 +123,39 @@ def default_naming_context(client: LdapClient, deadline: float) -> str:
     return base
 
 
-def _account(entry: LdapEntry) -> Account:
+ENCRYPTION_TYPES = "msDS-SupportedEncryptionTypes"
+_ACCOUNT_ATTRIBUTES = ["sAMAccountName", "dNSHostName", "servicePrincipalName"]
+_KRBTGT = "(&(objectCategory=person)(objectClass=user)(sAMAccountName=krbtgt))"
+# krbtgt's attribute is normally unset: the KDC then encrypts TGTs with krbtgt's strongest key,
+# AES from domain functional level 2008 on. An unset krbtgt value is reported as this.
+KRBTGT_ASSUMED = enctypes.AES128 | enctypes.AES256
+
+
+def parse_encryption_types(entry: LdapEntry) -> int | None:
+    """The account's msDS-SupportedEncryptionTypes; None when unset, 0 or not a number.
+
+    AD stores it as a signed 32-bit integer: a value with the top bit set reads negative.
+    """
+    text = entry.first(ENCRYPTION_TYPES)
+    if text is None:
+        return None
+    try:
+        value = int(text.strip()) % 2**32
+    except ValueError:
+        log.warning("%s: %s is not a number: %.40r", entry.dn, ENCRYPTION_TYPES, text)
+        return None
+    return value or None
+
+
+def _account(entry: LdapEntry, encryption: Mapping[str, int | None]) -> Account:
+    key = entry.dn.lower()
     return Account(
         entry.dn,
         entry.first("sAMAccountName") or "",
         (entry.first("dNSHostName") or "").lower(),
         tuple(entry.attributes.get("servicePrincipalName", [])),
+        encryption.get(key),
+        key in encryption,
     )
 
 
@@ -115,30 +165,43 @@ async def scan_server_accounts(
     servers = [s for s in inventory.exchange_servers if _needs_account(s)]
     client, base = _search_target(settings)
     assert settings.ldap is not None
-    deadline = time.monotonic() + settings.ldap.timeout * (1 + len(servers) // _SERVERS_PER_SEARCH)
+    # msDS-SupportedEncryptionTypes is not in the Global Catalog's partial attribute set: it
+    # and krbtgt are read from the configured DC's own domain.
+    domain = client if base is None else client_for(LdapTarget.from_settings(settings.ldap))
+    deadline = time.monotonic() + settings.ldap.timeout * (2 + len(servers) // _SERVERS_PER_SEARCH)
 
-    def lookup() -> list[LdapEntry]:
-        search_base = default_naming_context(client, deadline) if base is None else base
+    def lookup() -> tuple[list[LdapEntry], dict[str, int | None], Krbtgt | None]:
+        domain_nc = default_naming_context(domain, deadline)
         entries: list[LdapEntry] = []
+        encryption: dict[str, int | None] = {}
         for start in range(0, len(servers), _SERVERS_PER_SEARCH):
             terms = "".join(
                 f"(dNSHostName={escape_filter_chars(s.name)})(sAMAccountName={escape_filter_chars(short_name(s))}$)"
                 for s in servers[start : start + _SERVERS_PER_SEARCH]
             )
-            entries += client.search(
-                search_base,
-                f"(&(objectCategory=computer)(|{terms}))",
-                ["sAMAccountName", "dNSHostName", "servicePrincipalName"],
-                deadline,
-            )
-        return entries
+            search_filter = f"(&(objectCategory=computer)(|{terms}))"
+            if base is None:
+                found = client.search(
+                    domain_nc, search_filter, [*_ACCOUNT_ATTRIBUTES, ENCRYPTION_TYPES], deadline
+                )
+                in_domain = found
+            else:
+                found = client.search(base, search_filter, _ACCOUNT_ATTRIBUTES, deadline)
+                in_domain = domain.search(domain_nc, search_filter, [ENCRYPTION_TYPES], deadline)
+            encryption.update({e.dn.lower(): parse_encryption_types(e) for e in in_domain})
+            entries += found
+        krbtgt = domain.search(domain_nc, _KRBTGT, [ENCRYPTION_TYPES], deadline)
+        realm = Krbtgt(krbtgt[0].dn, parse_encryption_types(krbtgt[0])) if krbtgt else None
+        return entries, encryption, realm
 
-    accounts = [_account(e) for e in await run_in_ldap_thread(lookup)] if servers else []
+    entries, encryption, krbtgt = await run_in_ldap_thread(lookup)
+    accounts = [_account(e, encryption) for e in entries]
     by_host = {a.dns_host_name: a for a in accounts if a.dns_host_name}
     by_sam = {a.sam_account_name.upper(): a for a in accounts}
     # dNSHostName first: two domains may each have an EXCH1$; the FQDN tells them apart.
     return ServerAccounts(
-        {s.name: by_host.get(s.name) or by_sam.get(f"{short_name(s)}$") for s in servers}
+        {s.name: by_host.get(s.name) or by_sam.get(f"{short_name(s)}$") for s in servers},
+        krbtgt,
     )
 
 
@@ -177,6 +240,84 @@ def _server_metrics(
             for cls in classes:
                 count.add_metric([server.name, cls], by_class[cls.casefold()])
     yield from (found, present, count)
+    yield from _encryption_metrics(state.result, settings, inventory)
+
+
+def _encryption_metrics(
+    result: ServerAccounts | None, settings: Settings, inventory: Inventory
+) -> Iterator[Metric]:
+    default = settings.checks.spn.default_encryption_types
+    cached = " Cached from the last spn scan."
+    bits = (
+        " Bits: 0x1 DES-CBC-CRC, 0x2 DES-CBC-MD5, 0x4 RC4-HMAC, 0x8 AES128, 0x10 AES256, "
+        "0x20 AES256 session keys."
+    )
+    value = GaugeMetricFamily(
+        "exchange_auth_account_encryption_types",
+        "msDS-SupportedEncryptionTypes of the Exchange server's computer account as the KDC uses "
+        f"it: when unset (or 0), the KDC's default, checks.spn.default_encryption_types (0x{default:x} "
+        "here), and ..._set is 0. Absent when the account is outside the configured DC's domain."
+        + bits
+        + cached,
+        labels=["server"],
+    )
+    is_set = GaugeMetricFamily(
+        "exchange_auth_account_encryption_types_set",
+        "1 when msDS-SupportedEncryptionTypes is set on the Exchange server's computer account, 0 "
+        "when the KDC's default applies." + cached,
+        labels=["server"],
+    )
+    rc4_only = GaugeMetricFamily(
+        "exchange_auth_account_rc4_only",
+        "1 when the Exchange server's msDS-SupportedEncryptionTypes allows RC4-HMAC and no AES "
+        "(DES is off on every current KDC): its tickets fail once the KDCs refuse RC4. 0 when "
+        "unset: the account then follows the KDCs' default, which changes with them." + cached,
+        labels=["server"],
+    )
+    aes_missing = GaugeMetricFamily(
+        "exchange_auth_account_aes_missing",
+        "1 when the Exchange server's msDS-SupportedEncryptionTypes allows neither AES128 nor "
+        "AES256 (0 when unset, as for ..._rc4_only)." + cached,
+        labels=["server"],
+    )
+    krbtgt_value = GaugeMetricFamily(
+        "exchange_auth_krbtgt_encryption_types",
+        "msDS-SupportedEncryptionTypes of the realm's krbtgt account; when unset the KDC encrypts "
+        f"TGTs with krbtgt's strongest key, AES from domain functional level 2008 on (reported as "
+        f"0x{KRBTGT_ASSUMED:x}, with ..._set 0)." + bits + cached,
+    )
+    krbtgt_set = GaugeMetricFamily(
+        "exchange_auth_krbtgt_encryption_types_set",
+        "1 when msDS-SupportedEncryptionTypes is set on the krbtgt account." + cached,
+    )
+    krbtgt_rc4_only = GaugeMetricFamily(
+        "exchange_auth_krbtgt_rc4_only",
+        "1 when krbtgt's msDS-SupportedEncryptionTypes allows RC4-HMAC and no AES." + cached,
+    )
+    krbtgt_aes_missing = GaugeMetricFamily(
+        "exchange_auth_krbtgt_aes_missing",
+        "1 when krbtgt's msDS-SupportedEncryptionTypes allows neither AES128 nor AES256." + cached,
+    )
+    if result is not None:
+        for server in inventory.exchange_servers:
+            account = result.accounts.get(server.name)
+            effective = account.effective_encryption_types(default) if account else None
+            if account is None or effective is None:
+                continue
+            labels = [server.name]
+            value.add_metric(labels, effective)
+            is_set.add_metric(labels, 0 if account.encryption_types is None else 1)
+            own = account.encryption_types
+            rc4_only.add_metric(labels, 1 if own and enctypes.rc4_only(own) else 0)
+            aes_missing.add_metric(labels, 1 if own and enctypes.aes_missing(own) else 0)
+        if result.krbtgt is not None:
+            realm = result.krbtgt.encryption_types
+            krbtgt_value.add_metric([], realm or KRBTGT_ASSUMED)
+            krbtgt_set.add_metric([], 0 if realm is None else 1)
+            krbtgt_rc4_only.add_metric([], 1 if realm and enctypes.rc4_only(realm) else 0)
+            krbtgt_aes_missing.add_metric([], 1 if realm and enctypes.aes_missing(realm) else 0)
+    yield from (value, is_set, rc4_only, aes_missing)
+    yield from (krbtgt_value, krbtgt_set, krbtgt_rc4_only, krbtgt_aes_missing)
 
 
 def _with_bind_account(enabled: bool, interval: float, settings: Settings) -> float | None:

@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from dashboards.config import CONFIG
 from dashboards.expressions import (
@@ -53,6 +54,7 @@ from exporter.checks.replication import (
 )
 from exporter.config import load_text
 from exporter.inventory import Inventory
+from exporter.ldap import LdapClient, LdapTarget
 from exporter.servers import Role, Server
 from tests.integration.exporter_process import ExporterProcess, exporter_process, free_port
 from tests.lab import Lab
@@ -326,6 +328,10 @@ IDENTITY = {
     "ExchangeAuthReplicationStale": ("domain_controller", "partner", "naming_context"),
     "ExchangeAuthReplicationNeverSucceeded": ("domain_controller", "partner", "naming_context"),
     "ExchangeAuthReplicationDcUnreadable": ("domain_controller",),
+    "ExchangeAuthServiceTicketFailing": ("server", "spn"),
+    "ExchangeAuthServiceTicketFailingOnSomeDcs": ("server", "spn", "domain_controller"),
+    "ExchangeAuthKerberosKeysUnusable": ("server",),
+    "ExchangeAuthAccountRC4Only": ("server",),
 }
 
 
@@ -348,6 +354,42 @@ def ldap_domain_controllers(lab: Lab) -> set[str]:
         for samba in sambas
         if samba is not None and samba.process is not None and "ldap" in samba.services
     }
+
+
+def _ticket_kdcs(lab: Lab) -> dict[str, dict[str, int]]:
+    """Per DC whose KDC answers tickets (dc1, and dc3 when it runs), how many accounts hold each
+    SPN in its own copy of the directory, case-insensitive. They differ: a duplicate planted by
+    writing dc1's database file directly carries no replication metadata, so the replica may
+    never receive it (svc-legacy's SMTPSVC/exch3 does not reach dc3)."""
+    hosts = [lab.dc, *([lab.replica_dc] if lab.replica_dc_running and lab.replica_dc else [])]
+    held: dict[str, dict[str, int]] = {}
+    for host in hosts:
+        target = LdapTarget(
+            host.address,
+            636,
+            True,
+            False,
+            False,
+            None,
+            10.0,
+            f"Administrator@{lab.exchange_directory.dns_domain}",
+            SecretStr(lab.admin_password),
+        )
+        client = LdapClient(target)
+        try:
+            entries = client.search(
+                lab.exchange_directory.domain_dn,
+                "(servicePrincipalName=*)",
+                ["servicePrincipalName"],
+            )
+        finally:
+            client.close()
+        counts: dict[str, int] = {}
+        for entry in entries:
+            for spn in {v.lower() for v in entry.attributes.get("servicePrincipalName", [])}:
+                counts[spn] = counts.get(spn, 0) + 1
+        held[host.name] = counts
+    return held
 
 
 def expected_alerts(lab: Lab) -> set[Key]:
@@ -397,6 +439,25 @@ def expected_alerts(lab: Lab) -> set[Key]:
         expected.add(
             _key("ExchangeAuthSpnDuplicate", server=owners[0] if owners else "", spn=duplicate.spn)
         )
+    # The service-ticket check asks every DC for SMTP/ and SMTPSVC/ with the FQDN; a KDC refuses
+    # one that no account or more than one holds in its own copy of the directory (dc2's clock
+    # is off and dc9 is down: those refuse everything, for reasons the ticket alerts leave out).
+    kdcs = _ticket_kdcs(lab)
+    for server in directory.members:
+        for service in ("SMTP", "SMTPSVC"):
+            spn = f"{service}/{server.fqdn}".lower()
+            refusing = [kdc for kdc, held in kdcs.items() if held.get(spn, 0) != 1]
+            if len(refusing) == len(kdcs):
+                expected.add(_key("ExchangeAuthServiceTicketFailing", server=server.fqdn, spn=spn))
+            for kdc in refusing if len(refusing) < len(kdcs) else ():
+                expected.add(
+                    _key(
+                        "ExchangeAuthServiceTicketFailingOnSomeDcs",
+                        server=server.fqdn,
+                        spn=spn,
+                        domain_controller=kdc,
+                    )
+                )
     # The replication state of a DC without LDAP cannot be read. The DCs that can be read have
     # no partner that fails: dc1 replicates with no other DC in this lab.
     readable = ldap_domain_controllers(lab)
@@ -657,6 +718,7 @@ CAUSE_ALERTS: dict[str, tuple[tuple[str, ...], str | None]] = {
         ),
         "server",
     ),
+    "kerberos_keys": (("ExchangeAuthKerberosKeysUnusable",), "server"),
     "queue_auth_errors": (("ExchangeAuthQueueAuthErrors",), "server"),
     "log_auth_failures": (("ExchangeAuthSmtpLogAuthFailures",), "server"),
 }

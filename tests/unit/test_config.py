@@ -33,6 +33,9 @@ INVALID = {
     ],
     "invalid-port.yml": ["checks.smtp.ports[1] (line 3):", "less than or equal to 65535"],
     "invalid-kerberos-port.yml": ["checks.kerberos.ports[1] (line 3): invalid value '749/tcp'"],
+    "invalid-encryption-types.yml": [
+        "checks.spn.default_encryption_types (line 3): input should be greater than or equal to 1"
+    ],
     "invalid-ldap-url.yml": ["ldap.url (line 3): invalid value 'https://dc01.corp.example.com'"],
     "invalid-inline-password.yml": [
         "ldap.password (line 5): inline passwords are not accepted",

@@ -13,6 +13,7 @@ from exporter.checks.spn import (
     SERVER_SPN_SCAN,
     Account,
     Duplicates,
+    Krbtgt,
     ServerAccounts,
     _duplicate_metrics,
     expected_spns,
@@ -231,3 +232,55 @@ def test_duplicate_owner_series_are_capped() -> None:
         )
         == 1
     )
+
+
+def test_encryption_type_metrics_from_the_spn_scan() -> None:
+    settings = load_text("realm: corp.example.test\n")
+    names = ("exch1", "rc4only", "aes", "other", "gone")
+    servers = tuple(Server(f"{n}.corp.example.test", Role.EXCHANGE) for n in names)
+    accounts: dict[str, Account | None] = {
+        "exch1.corp.example.test": Account("CN=EXCH1,DC=x", "EXCH1$", "", (), None, True),
+        "rc4only.corp.example.test": Account("CN=RC4ONLY,DC=x", "RC4ONLY$", "", (), 0x4, True),
+        "aes.corp.example.test": Account("CN=AES,DC=x", "AES$", "", (), 0x18, True),
+        # In another domain of the forest: found through the GC, attribute not read.
+        "other.corp.example.test": Account("CN=OTHER,DC=child", "OTHER$", "", (), None, False),
+        "gone.corp.example.test": None,
+    }
+    state = ScanState(result=ServerAccounts(accounts, Krbtgt("CN=krbtgt,DC=x", None)))
+    text = expose(SERVER_SPN_SCAN.emit(state, settings, Inventory(servers)))
+
+    def at(metric: str, name: str) -> float | None:
+        return value(text, metric, server=f"{name}.corp.example.test")
+
+    # Unset: the KDC's default, flagged as not set, and not RC4-only (it follows the default).
+    assert at("exchange_auth_account_encryption_types", "exch1") == 0x27
+    assert at("exchange_auth_account_encryption_types_set", "exch1") == 0
+    assert at("exchange_auth_account_rc4_only", "exch1") == 0
+    assert at("exchange_auth_account_aes_missing", "exch1") == 0
+    assert at("exchange_auth_account_encryption_types", "rc4only") == 4
+    assert at("exchange_auth_account_encryption_types_set", "rc4only") == 1
+    assert at("exchange_auth_account_rc4_only", "rc4only") == 1
+    assert at("exchange_auth_account_aes_missing", "rc4only") == 1
+    assert at("exchange_auth_account_rc4_only", "aes") == 0
+    assert at("exchange_auth_account_aes_missing", "aes") == 0
+    for unread in ("other", "gone"):
+        assert at("exchange_auth_account_encryption_types", unread) is None
+        assert at("exchange_auth_account_rc4_only", unread) is None
+    assert value(text, "exchange_auth_krbtgt_encryption_types") == 0x18
+    assert value(text, "exchange_auth_krbtgt_encryption_types_set") == 0
+    assert value(text, "exchange_auth_krbtgt_rc4_only") == 0
+    # The KDCs' default comes from the config.
+    aes_default = load_text(
+        "realm: corp.example.test\nchecks: {spn: {default_encryption_types: 0x18}}\n"
+    )
+    text = expose(SERVER_SPN_SCAN.emit(state, aes_default, Inventory(servers)))
+    assert (
+        value(text, "exchange_auth_account_encryption_types", server="exch1.corp.example.test")
+        == 0x18
+    )
+    rc4_krbtgt = ScanState(result=ServerAccounts({}, Krbtgt("CN=krbtgt,DC=x", 0x4)))
+    text = expose(SERVER_SPN_SCAN.emit(rc4_krbtgt, settings, Inventory(())))
+    assert value(text, "exchange_auth_krbtgt_encryption_types") == 4
+    assert value(text, "exchange_auth_krbtgt_encryption_types_set") == 1
+    assert value(text, "exchange_auth_krbtgt_rc4_only") == 1
+    assert value(text, "exchange_auth_krbtgt_aes_missing") == 1

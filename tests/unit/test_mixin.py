@@ -252,9 +252,19 @@ def test_dashboards() -> None:
 
 def test_the_mixin_knows_every_cause_of_the_exporter_in_kb_order() -> None:
     assert [c.name for c in VERDICT_CAUSES] == [c.value for c in Cause]
-    steps = [c.kb_step for c in VERDICT_CAUSES if c.kb_step is not None]
+    steps = [c.kb_step for c in VERDICT_CAUSES if c.kb_step is not None and c.in_kb]
     assert steps == ["1", "2", "3", "4", "5", "6"]
     assert dict((c.name, c.kb_step) for c in VERDICT_CAUSES)["replication"] == "2"
+    # A cause beyond the KB sorts after the KB's steps (descriptions sort on kb_step), and its
+    # title says it is not a KB step.
+    beyond = [c for c in VERDICT_CAUSES if not c.in_kb]
+    assert [c.name for c in beyond] == ["kerberos_keys"]
+    assert all(c.kb_step is not None and c.kb_step > "6" for c in beyond)
+    symptoms = {r["alert"]: r for r in alert_rules()}["ExchangeAuthQueueAuthErrors"]
+    assert (
+        '{{ if eq .Labels.cause "kerberos_keys" }} (beyond KB 979174)'
+        in (symptoms["annotations"]["description"])
+    )
 
 
 def test_verdicts_are_read_not_derived() -> None:
