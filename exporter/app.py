@@ -53,7 +53,7 @@ class Runtime:
         self.config_file = config_file
         self.shard = shard
         self.checks = checks
-        self.scans = ScanRunner(scans, lambda: self.settings, lambda: self.inventory)
+        self.scans = ScanRunner(scans, lambda: self.settings, self._scan_inventory)
         self.settings = settings
         self.inventory = inventory
         self.reload_status = ReloadStatus(successful=True, last_success=time.time())
@@ -65,6 +65,17 @@ class Runtime:
         self._inflight_deadline = 0.0
         # How long the last answer took to encode: kept back from the next scrape's budget.
         self.exposition_seconds = 0.0
+
+    def _scan_inventory(self) -> Inventory:
+        """What the background scans look at: on a shard, the other shards' DCs too, so that
+        forest-wide verdicts (replication) weigh every DC; each series is still reported by
+        the shard owning its server (ScrapeCollector)."""
+        inventory = self.inventory
+        if not inventory.clock_peers:
+            return inventory
+        return dataclasses.replace(
+            inventory, servers=(*inventory.servers, *inventory.clock_peers), clock_peers=()
+        )
 
     async def scrape(self, budget: float) -> ScrapeResult:
         """Run a scrape, or join the one in flight when it ends in time for this request.

@@ -39,7 +39,8 @@ __all__ = [
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_HOSTNAME_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# fullmatch, not match with "$": "$" also matches before a final newline.
+_HOSTNAME_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
 class ConfigError(Exception):
@@ -99,7 +100,11 @@ def _hostname(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a host name, got {value!r}")
     name = value.strip().rstrip(".").lower()
-    if not name or len(name) > 253 or not all(_HOSTNAME_LABEL.match(p) for p in name.split(".")):
+    if (
+        not name
+        or len(name) > 253
+        or not all(_HOSTNAME_LABEL.fullmatch(p) for p in name.split("."))
+    ):
         raise ValueError(f"invalid host name {value!r}")
     return name
 

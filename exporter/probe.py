@@ -59,7 +59,8 @@ DENIED_REASONS = (
     "disabled",  # 403: probe.enabled is false
     "overloaded",  # 503: probe.max_concurrency probes ran for the whole budget
 )
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# fullmatch, not match with "$": "$" also matches before a final newline.
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _OFFSET_FAMILIES = {"exchange_auth_clock_offset_seconds", "exchange_auth_clock_uncertainty_seconds"}
 
 
@@ -91,7 +92,7 @@ def parse_target(raw: str | None) -> Target:
         raise _bad("the target parameter is required, e.g. /probe?target=dc01.corp.example.com")
     shown = repr(raw[:100])
     text = raw.strip().rstrip(".").lower()
-    if not text or len(text) > 253:
+    if not text or len(text) > 253 or not (text.isascii() and text.isprintable()):
         raise _bad(f"invalid target {shown}: expected a host name or an IP address")
     if "%" in text or "[" in text or "/" in text or "@" in text:
         raise _bad(
@@ -110,7 +111,7 @@ def parse_target(raw: str | None) -> Target:
             "or the check's configuration"
         )
     labels = text.split(".")
-    if not all(_LABEL.match(label) for label in labels) or labels[-1].isdigit():
+    if not all(_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
         raise _bad(f"invalid target {shown}: expected a host name or an IP address")
     try:
         # 127.1, 0x7f.1 or 2130706433 would reach an address no CIDR of the allow-list was

@@ -132,7 +132,8 @@ KRBTGT_ASSUMED = enctypes.AES128 | enctypes.AES256
 
 
 def parse_encryption_types(entry: LdapEntry) -> int | None:
-    """The account's msDS-SupportedEncryptionTypes; None when unset, 0 or not a number.
+    """The account's msDS-SupportedEncryptionTypes; None when unset, 0, not a number, or
+    without any encryption-type bit.
 
     AD stores it as a signed 32-bit integer: a value with the top bit set reads negative.
     """
@@ -144,7 +145,9 @@ def parse_encryption_types(entry: LdapEntry) -> int | None:
     except ValueError:
         log.warning("%s: %s is not a number: %.40r", entry.dn, ENCRYPTION_TYPES, text)
         return None
-    return value or None
+    # Only FAST, claims or compound-identity bits (0x10000 and up) and no type bit: the KDC
+    # falls back to its default for the keys, as for an unset value (MS-KILE 3.3.5.7).
+    return value if value & enctypes.ENCRYPTION_TYPE_BITS else None
 
 
 def _account(entry: LdapEntry, encryption: Mapping[str, int | None]) -> Account:

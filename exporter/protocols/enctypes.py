@@ -15,6 +15,7 @@ __all__ = [
     "AES_TICKET_TYPES",
     "DES_CBC_CRC",
     "DES_CBC_MD5",
+    "ENCRYPTION_TYPE_BITS",
     "KDC_DEFAULT",
     "RC4_HMAC",
     "aes_missing",
@@ -32,6 +33,9 @@ AES128 = 0x08  # AES128-CTS-HMAC-SHA1-96
 AES256 = 0x10  # AES256-CTS-HMAC-SHA1-96
 AES256_SK = 0x20  # AES session keys even when the ticket is RC4 (November 2022 and later)
 
+# The bits that name encryption types; higher ones (FAST, compound identity, claims,
+# resource-SID compression) say what the account supports, not which keys it has.
+ENCRYPTION_TYPE_BITS = 0x3F
 AES_TICKET_TYPES = AES128 | AES256
 # What a current KDC issues tickets with: no DES.
 USABLE_TICKET_TYPES = RC4_HMAC | AES_TICKET_TYPES

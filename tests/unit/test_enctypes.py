@@ -52,6 +52,8 @@ def test_describe_names_the_types_and_the_value() -> None:
         (["28"], 28),
         (["-2147483620"], 0x8000001C),  # AD's signed 32-bit integer with the top bit set
         (["garbage"], None),  # a peer's nonsense never crashes the scan
+        (["524288"], None),  # 0x80000 (FAST only), no type bit: the KDC default applies
+        (["524316"], 0x8001C),  # FAST + RC4/AES: the types count, the extra bit is kept
     ],
 )
 def test_parse_the_attribute(values: list[str], parsed: int | None) -> None:

@@ -68,6 +68,9 @@ def test_targets_are_names_or_ip_literals(raw: str, text: str, is_ip: bool) -> N
         ("0x7f000001", "four decimal numbers"),  # inet_aton would read 127.0.0.1
         ("dc_1.corp.example.test", "expected a host name"),
         ("a" * 254, "expected a host name"),
+        ("dc1\n.corp.example.test", "expected a host name"),  # "$" would have let it through
+        ("dc1.corp.example.test\x00", "expected a host name"),
+        ("dc1.c\u00f6rp.example.test", "expected a host name"),
     ],
 )
 def test_malformed_targets_are_bad_requests(raw: str | None, fragment: str) -> None:
@@ -226,6 +229,19 @@ async def test_two_shards_split_the_inventory_and_read_each_others_dcs() -> None
     # A rebuild (discovery refresh, reload) keeps the shard of the previous inventory.
     assert (await build_inventory(settings, first)).shard == Shard(0, 2)
     assert whole.clock_peers == () and whole.shard == WHOLE
+
+
+async def test_a_shards_scans_weigh_every_dc(tmp_path: Path) -> None:
+    # Replication verdicts are forest-wide: a failing DC of another shard must count here too.
+    path = tmp_path / "config.yml"
+    path.write_text(STATIC)
+    runtime = await Runtime.load(path, Shard(1, 2))
+    seen = runtime.scans.inventory()
+    assert {s.name for s in seen.domain_controllers} == {
+        "dc1.corp.example.test",
+        "dc6.corp.example.test",
+    }
+    assert [s.name for s in seen.exchange_servers] == ["exch2.corp.example.test"]
 
 
 # --- the endpoints, served by the real application --------------------------------------------
