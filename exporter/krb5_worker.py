@@ -6,9 +6,19 @@ DC, started by :mod:`exporter.kdc_workers` with that file, asks that DC and no o
 
 Protocol, one JSON object per line: the first line on standard input is the setup (principal,
 password or keytab, threads); it never appears in argv, the environment or any answer. Then
-each ``{"id", "spn", "realm", "deadline"}`` line asks for a service ticket (``deadline`` is
-``time.monotonic()``, which Linux shares between processes), and the answer line carries the
-same ``id``. End of input (the exporter closing the pipe or dying) ends the worker.
+each ``{"id", "spn", "realm", "deadline", "login"}`` line asks for a service ticket
+(``deadline`` is ``time.monotonic()``, which Linux shares between processes), and the answer
+line carries the same ``id``. End of input (the exporter closing the pipe or dying) ends the
+worker.
+
+The worker logs in (AS-REQ with the password or keytab) only when a request's ``login`` is
+true: every worker of one secret would otherwise try it at once, and a wrong password would
+cost one bad attempt per DC towards the account's lockout threshold. The exporter
+(:mod:`exporter.kdc_workers`) lets one worker try first. Without permission, a worker uses the
+TGT it holds while still valid, else answers ``no_credentials``. An answer says whether a login
+was tried (``login_tried``) and in which phase a failure came (``phase``: ``tgt`` for our own
+TGT, ``tgs`` for the service ticket), so the exporter's own login problems are never reported
+as the target's.
 
 Credentials live in memory only: the initial TGT in the MEMORY credential cache GSS-API made
 for it, and each request copies that TGT into a MEMORY cache of its thread, emptied first.
@@ -33,18 +43,21 @@ import gssapi
 import gssapi.raw
 from gssapi.raw.misc import GSSError
 
-from .protocols.krb5_errors import CREDENTIAL_ERRORS, KRB_AP_ERR_TKT_EXPIRED, krb5_code, reason_of
+from .protocols.krb5_errors import (
+    CREDENTIAL_ERRORS,
+    CREDENTIAL_RETRY_AFTER,
+    KRB_AP_ERR_TKT_EXPIRED,
+    RENEW_AT_REMAINING,
+    krb5_code,
+    reason_of,
+)
 
 __all__ = ["CredentialState", "Worker", "main"]
 
 # A failure that is not about our own secret (KDC down, clocks apart): try again this soon.
 RETRY_AFTER = 5.0
-# A refused secret: every try counts towards the account's lockout threshold. Try again hourly
-# (a reload with a new secret starts a new worker at once).
-CREDENTIAL_RETRY_AFTER = 3600.0
-# Renew when this share of the TGT's lifetime is left.
-RENEW_AT_REMAINING = 0.5
 _MAX_DETAIL = 300
+_DEADLINE_GRACE = 0.05  # seconds past a request's deadline before it is answered as a timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,22 +123,36 @@ class Worker:
         return result.creds, lifetime
 
     def credentials(
-        self, *, force: bool = False, deadline: float | None = None
-    ) -> tuple[Any, CredentialState]:
-        """Valid credentials, acquiring or renewing them first when due; None when there are none.
+        self, *, force: bool = False, deadline: float | None = None, login: bool = True
+    ) -> tuple[Any, CredentialState, bool]:
+        """Valid credentials, acquiring or renewing them first when due (and ``login`` allows);
+        None when there are none. The last item says whether a login was tried.
 
         Another thread may be acquiring them from a KDC that does not answer: wait for it until
         ``deadline`` (monotonic) at most, then give up with ``timeout``.
         """
         wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._lock.acquire(timeout=wait):
-            return None, CredentialState(
+            state = CredentialState(
                 False, "timeout", None, "still waiting for the KDC to issue our TGT"
             )
+            return None, state, False
+        tried = False
         try:
             now = time.monotonic()
             due = force or self._creds is None or now >= self._renew_at
+            if due and not login:
+                if self._creds is not None and now < self._valid_until and not force:
+                    return self._creds, self._state, False
+                state = CredentialState(
+                    False,
+                    "no_credentials",
+                    None,
+                    "no TGT yet: waiting for the exporter's login with this secret at another DC",
+                )
+                return None, state, False
             if due and now >= self._next_try:
+                tried = True
                 try:
                     creds, lifetime = self._acquire()
                 except GSSError as exc:
@@ -148,7 +175,7 @@ class Worker:
                     self._state = CredentialState(True, acquired=wall, expires=wall + lifetime)
             if self._creds is not None and now >= self._valid_until:
                 self._creds = None
-            return self._creds, self._state
+            return self._creds, self._state, tried
         finally:
             self._lock.release()
 
@@ -176,22 +203,31 @@ class Worker:
         )
         context.step()  # the TGS exchange, then the AP-REQ Exchange would send in X-EXPS GSSAPI
 
-    def ticket(self, request: dict[str, Any]) -> dict[str, Any]:
+    def ticket(
+        self, request: dict[str, Any], progress: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The answer to one request; ``progress["phase"]`` says how far it got meanwhile."""
+        progress = progress if progress is not None else {}
+        progress["phase"] = "tgt"
         answer: dict[str, Any] = {"id": request["id"], "ok": False, "duration": 0.0}
         if time.monotonic() >= float(request["deadline"]):  # waited in the queue too long
             answer.update(reason="timeout", detail="queued until the deadline had passed")
             return answer
         deadline = float(request["deadline"])
-        creds, state = self.credentials(deadline=deadline)
-        if state.reason != "timeout":
+        login = bool(request.get("login", True))
+        creds, state, tried = self.credentials(deadline=deadline, login=login)
+        answer["login_tried"] = tried
+        if state.reason != "timeout" and (tried or state.ok or login):
             answer["credentials"] = asdict(state)
         if creds is None:
-            answer.update(reason=state.reason, code=state.code, detail=state.detail)
+            # Our own TGT failed: nothing was asked about the target's SPN.
+            answer.update(reason=state.reason, code=state.code, detail=state.detail, phase="tgt")
             return answer
         target = gssapi.Name(
             f"{request['spn']}@{request['realm']}", gssapi.NameType.kerberos_principal
         )
         for attempt in (1, 2):
+            progress["phase"] = "tgs"
             started = time.perf_counter()
             try:
                 self._request(creds, target)
@@ -200,13 +236,21 @@ class Worker:
                 reason, code, detail = _failure(exc)
                 if code == KRB_AP_ERR_TKT_EXPIRED and attempt == 1:
                     # The KDC thinks our TGT too old: get a new one and ask once more.
-                    creds, state = self.credentials(force=True, deadline=deadline)
-                    answer["credentials"] = asdict(state)
+                    creds, state, tried = self.credentials(
+                        force=True, deadline=deadline, login=login
+                    )
+                    answer["login_tried"] = tried or bool(answer["login_tried"])
+                    if state.reason != "timeout" and (tried or state.ok or login):
+                        answer["credentials"] = asdict(state)
                     if creds is not None:
                         continue
-                answer.update(reason=reason, code=code, detail=detail)
+                    answer.update(
+                        reason=state.reason, code=state.code, detail=state.detail, phase="tgt"
+                    )
+                    return answer
+                answer.update(reason=reason, code=code, detail=detail, phase="tgs")
                 return answer
-            answer.update(ok=True, duration=time.perf_counter() - started)
+            answer.update(ok=True, duration=time.perf_counter() - started, phase="tgs")
             return answer
         return answer  # not reached: the second attempt returns
 
@@ -223,22 +267,57 @@ def serve(stdin: TextIO, stdout: TextIO) -> None:
             stdout.flush()
 
     def handle(request: dict[str, Any]) -> None:
+        # The exchange runs in a thread of its own, and the answer is due by the deadline: MIT
+        # before 1.22 has no request_timeout and waits about 25 s for a KDC that drops what it
+        # gets. Past the deadline, a timeout is answered and this pool thread serves the next
+        # request; the late answer still follows (the exporter learns how a login ended).
+        progress: dict[str, str] = {}
+        done = threading.Event()
+        answered = threading.Lock()
+        late = [False]
+
+        def run() -> None:
+            try:
+                answer = worker.ticket(request, progress)
+            except Exception as exc:  # never leave the exporter waiting for an answer
+                answer = {
+                    "id": request.get("id"),
+                    "ok": False,
+                    "reason": "other",
+                    "detail": f"worker error: {type(exc).__name__}",
+                    "duration": 0.0,
+                }
+            with answered:
+                done.set()
+                if late[0]:
+                    answer["late"] = True
+            reply(answer)
+
+        threading.Thread(target=run, name="krb5-exchange", daemon=True).start()
         try:
-            answer = worker.ticket(request)
-        except Exception as exc:  # never leave the exporter waiting for an answer
-            answer = {
+            deadline = float(request.get("deadline", 0.0))
+        except (TypeError, ValueError):
+            deadline = 0.0
+        if done.wait(max(0.0, deadline - time.monotonic()) + _DEADLINE_GRACE):
+            return
+        with answered:
+            if done.is_set():
+                return
+            late[0] = True
+        reply(
+            {
                 "id": request.get("id"),
                 "ok": False,
-                "reason": "other",
-                "detail": f"worker error: {type(exc).__name__}",
+                "reason": "timeout",
+                "detail": "the KDC did not answer by the deadline",
                 "duration": 0.0,
+                "phase": progress.get("phase", "tgt"),
             }
-        reply(answer)
+        )
 
     threads = max(1, int(setup.get("threads", 4)))
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="krb5") as pool:
-        # Credentials now, so the first scrape's requests find them.
-        pool.submit(worker.credentials)
+        # No login before a request allows it (see the module's docstring).
         for line in stdin:
             if line.strip():
                 pool.submit(handle, json.loads(line))

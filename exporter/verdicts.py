@@ -104,7 +104,8 @@ class Evidence:
                 continue  # no verdict for this server: nothing learnt from its tickets
             result: ServiceTicketsResult = run.outcome
             by_server[name] = [
-                Ticket(name, t.spn, t.domain_controller, t.ok, t.reason) for t in result.tickets
+                Ticket(name, t.spn, t.domain_controller, t.ok, t.reason, t.phase)
+                for t in result.tickets
             ]
         return by_server
 
@@ -124,13 +125,17 @@ class Ticket:
     ok: bool
     # principal_unknown, etype_nosupp, skew, kdc_unreachable, preauth_failed, ...; "" when ok
     reason: str = ""
+    # tgs: the KDC answered about the SPN; tgt: the exporter's own TGT failed (nothing about
+    # the server's SPNs or keys); address: the DC's address was not found
+    phase: str = "tgs"
 
 
 def _refused(tickets: Sequence[Ticket], reason: str) -> dict[str, list[str]]:
-    """SPN -> the DCs that refused a ticket for it with ``reason``, in a stable order."""
+    """SPN -> the DCs that refused a ticket for it with ``reason``, in a stable order. Only
+    the KDCs' answers about the SPN count, never the exporter's own TGT failing."""
     by_spn: dict[str, list[str]] = {}
     for ticket in sorted(tickets, key=lambda t: (t.spn.casefold(), t.domain_controller)):
-        if not ticket.ok and ticket.reason == reason:
+        if not ticket.ok and ticket.reason == reason and ticket.phase == "tgs":
             by_spn.setdefault(ticket.spn, []).append(ticket.domain_controller)
     return by_spn
 
@@ -407,9 +412,15 @@ def _kerberos_port_probes(evidence: Evidence, server: Server) -> Verdict:
     )
 
 
-def _refusing_dcs(evidence: Evidence, server: Server, reason: str) -> list[str]:
+def _refusing_dcs(evidence: Evidence, server: Server, reason: str, phase: str = "tgs") -> list[str]:
+    """The DCs whose answers for ``server``'s tickets failed with ``reason`` in ``phase`` (tgs:
+    the service ticket itself; tgt: the exporter's own TGT from that DC)."""
     return sorted(
-        {t.domain_controller for t in evidence.tickets(server.name) or [] if t.reason == reason}
+        {
+            t.domain_controller
+            for t in evidence.tickets(server.name) or []
+            if not t.ok and t.reason == reason and t.phase == phase
+        }
     )
 
 
@@ -423,16 +434,31 @@ def _kerberos_ports(evidence: Evidence, server: Server) -> Verdict:
     for UDP needs TCP 88: a firewall passing only UDP lets the probe through, not the ticket)."""
     verdict = _kerberos_port_probes(evidence, server)
     unreachable = _refusing_dcs(evidence, server, "kdc_unreachable")
-    if not unreachable:
+    # The exporter's own TGT request not reaching a DC is about that DC's port too, not about
+    # this server's SPNs.
+    unreachable_tgt = [
+        dc
+        for dc in _refusing_dcs(evidence, server, "kdc_unreachable", "tgt")
+        if dc not in unreachable
+    ]
+    if not unreachable and not unreachable_tgt:
         return verdict
-    line = f"service ticket requests could not reach the KDC of {', '.join(unreachable)}"
+    lines = []
+    if unreachable:
+        lines.append(f"service ticket requests could not reach the KDC of {', '.join(unreachable)}")
+    if unreachable_tgt:
+        lines.append(
+            "the exporter's own TGT requests could not reach the KDC of "
+            f"{', '.join(unreachable_tgt)}"
+        )
+    unreachable = unreachable or unreachable_tgt
     if verdict.state is State.PROBLEM:
-        return replace(verdict, evidence=(*verdict.evidence, line))
+        return replace(verdict, evidence=(*verdict.evidence, *lines))
     return Verdict(
         server.name,
         verdict.cause,
         State.PROBLEM,
-        (line, *(verdict.evidence if verdict.state is State.OK else ())),
+        (*lines, *(verdict.evidence if verdict.state is State.OK else ())),
         fix=(
             *_PORT_FIXES,
             f"from {short_name(server)}: Test-NetConnection {unreachable[0]} -Port 88; "
@@ -446,13 +472,21 @@ def _clock_skew(evidence: Evidence, server: Server) -> Verdict:
     clock) is added as evidence that names the DC."""
     verdict = _clock_readings_skew(evidence, server)
     skewed = _refusing_dcs(evidence, server, "skew")
-    if not skewed:
+    skewed_tgt = [dc for dc in _refusing_dcs(evidence, server, "skew", "tgt") if dc not in skewed]
+    lines = []
+    if skewed:
+        lines.append(
+            f"the KDC of {', '.join(skewed)} refused a service ticket for clock skew "
+            "(KRB_AP_ERR_SKEW): its clock is more than the tolerance from the exporter's"
+        )
+    if skewed_tgt:
+        lines.append(
+            f"the KDC of {', '.join(skewed_tgt)} refused the exporter's own TGT for clock skew "
+            "(KRB_AP_ERR_SKEW): its clock is more than the tolerance from the exporter's"
+        )
+    if not lines:
         return verdict
-    line = (
-        f"the KDC of {', '.join(skewed)} refused a service ticket for clock skew "
-        "(KRB_AP_ERR_SKEW): its clock is more than the tolerance from the exporter's"
-    )
-    return replace(verdict, evidence=(*verdict.evidence, line))
+    return replace(verdict, evidence=(*verdict.evidence, *lines))
 
 
 def _replication(evidence: Evidence, server: Server) -> Verdict:
@@ -574,7 +608,13 @@ def _kerberos_keys(evidence: Evidence, server: Server) -> Verdict:
     elif not tickets:
         why = f"no service ticket was requested for {server.name}'s SPNs"
     else:
-        reasons = sorted({f"{t.domain_controller}: {t.reason}" for t in tickets})
+        reasons = sorted(
+            {
+                f"{t.domain_controller}: {t.reason}"
+                + (" (the exporter's own TGT)" if t.phase == "tgt" else "")
+                for t in tickets
+            }
+        )
         why = f"no DC got as far as its keys ({'; '.join(reasons)})"
     return Verdict(server.name, cause, State.UNKNOWN, (why, *context, *risk), "no_reading")
 

@@ -11,6 +11,12 @@ Each DC gets a worker process of its own (exporter/kdc_workers.py, exporter/krb5
 whose krb5.conf names that DC as the only KDC, so every DC is asked on its own. Tickets are
 never cached: each request is a TGS exchange with the KDC. The reason for a refusal comes from
 the Kerberos error number, never from message text.
+
+A ticket that failed before the target was asked (``phase`` ``tgt``: the exporter's own TGT)
+says nothing about the target's SPNs or keys: its reason is ``no_credentials`` (the KDC's error
+number stays in ``_error_code``, and ``exchange_auth_kerberos_credentials_failure`` names it),
+except for what is about the DC or the exporter's secret itself: ``preauth_failed``, ``skew``,
+``kdc_unreachable`` and ``timeout`` stay.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ class TicketResult:
     code: int | None = None  # the krb5 error number (7 = server not found, 14, 37, ...)
     detail: str = ""
     duration: float = 0.0  # the TGS exchange (and the AP-REQ built from it), seconds
+    # tgs: the KDC answered about the SPN; tgt: the exporter's own TGT failed first (the SPN
+    # was not asked); address: the DC's address could not be found.
+    phase: str = "tgs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +130,7 @@ def _spec_for(
         encryption_types=tuple(check.encryption_types),
         ticket_lifetime=check.ticket_lifetime,
         threads=check.max_concurrency,
+        request_timeout=check.timeout,
     )
 
 
@@ -146,19 +156,30 @@ def _float_or_none(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+# What a failure of the exporter's own TGT may still be reported as: about its secret, or about
+# the DC (its port, its clock) rather than the target's account.
+_TGT_REASONS = frozenset({"preauth_failed", "skew", "kdc_unreachable", "timeout", "no_credentials"})
+
+
 def _ticket_of(dc: str, spn: str, answer: dict[str, Any]) -> TicketResult:
     duration = _float_or_none(answer.get("duration")) or 0.0
     if answer.get("ok") is True:
         return TicketResult(dc, spn, True, duration=duration)
     reason = str(answer.get("reason") or "other")
+    if reason not in REASONS:
+        reason = "other"
+    phase = "tgt" if answer.get("phase") == "tgt" else "tgs"
+    if phase == "tgt" and reason not in _TGT_REASONS:
+        reason = "no_credentials"  # e.g. etype_nosupp: our account's keys, not the target's
     return TicketResult(
         dc,
         spn,
         False,
-        reason if reason in REASONS else "other",
+        reason,
         _int_or_none(answer.get("code")),
         str(answer.get("detail") or "")[:_MAX_DETAIL],
         duration,
+        phase,
     )
 
 
@@ -174,7 +195,7 @@ async def check_service_tickets(
     if problem is not None:
         return ServiceTicketsResult(
             tuple(
-                TicketResult(dc.name, spn, False, "no_credentials", detail=problem)
+                TicketResult(dc.name, spn, False, "no_credentials", detail=problem, phase="tgt")
                 for dc in dcs
                 for spn in spns
             ),
@@ -188,7 +209,9 @@ async def check_service_tickets(
             address = dc.address or await ctx.resolver.address(dc)
         except CheckError as exc:
             failed = [
-                TicketResult(dc.name, spn, False, "kdc_unreachable", detail=exc.detail)
+                TicketResult(
+                    dc.name, spn, False, "kdc_unreachable", detail=exc.detail, phase="address"
+                )
                 for spn in spns
             ]
             return failed, CredentialsResult(dc.name, False, "kdc_unreachable", detail=exc.detail)
@@ -199,7 +222,10 @@ async def check_service_tickets(
         except OSError as exc:
             detail = f"cannot start the Kerberos worker: {exc.strerror or exc}"
             return (
-                [TicketResult(dc.name, spn, False, "other", detail=detail) for spn in spns],
+                [
+                    TicketResult(dc.name, spn, False, "other", detail=detail, phase="tgt")
+                    for spn in spns
+                ],
                 CredentialsResult(dc.name, False, "other", detail=detail),
             )
         # The deadline is event-loop time, which is time.monotonic(): Linux shares that clock
@@ -247,7 +273,8 @@ def _metrics(
         "exchange_auth_service_ticket_failure",
         "1 for the reason the KDC issued no ticket: principal_unknown (SPN missing or duplicated), "
         "etype_nosupp (no usable keys or encryption types), skew, kdc_unreachable, preauth_failed "
-        "(the exporter's own credentials), no_credentials, timeout or other.",
+        "(the exporter's own credentials), no_credentials (the exporter's own TGT failed: see "
+        "exchange_auth_kerberos_credentials_failure), timeout or other.",
         labels=[*labels, "reason"],
     )
     duration = GaugeMetricFamily(

@@ -14,8 +14,10 @@ from typing import Final, Literal
 
 __all__ = [
     "CREDENTIAL_ERRORS",
+    "CREDENTIAL_RETRY_AFTER",
     "ERROR_TABLE_BASE_KRB5",
     "REASONS",
+    "RENEW_AT_REMAINING",
     "Reason",
     "krb5_code",
     "reason_of",
@@ -96,6 +98,13 @@ CREDENTIAL_ERRORS: Final = frozenset(
         KRB5_PREAUTH_FAILED,
     }
 )
+
+
+# A refused secret: every try counts towards the account's lockout threshold. Try again hourly
+# (a reload with a new secret tries at once). Shared by the worker and the exporter's gate.
+CREDENTIAL_RETRY_AFTER: Final = 3600.0
+# A TGT is renewed when this share of its lifetime is left.
+RENEW_AT_REMAINING: Final = 0.5
 
 
 def krb5_code(minor_status: int) -> int | None:

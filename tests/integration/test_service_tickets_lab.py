@@ -7,7 +7,9 @@ SPNs also held by another account), RC4ONLY$ (msDS-SupportedEncryptionTypes 4) a
 
 from __future__ import annotations
 
+import re
 import secrets
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from ldap3 import NONE, SIMPLE, Connection, Server, Tls
 
 from tests.integration.exporter_process import ExporterProcess, exporter_process
 from tests.lab import Lab
@@ -218,6 +221,88 @@ def test_a_wrong_password_is_preauth_failed_and_never_shown(lab: Lab, tmp_path: 
     )
     for where in (text, shown_config, log):
         assert wrong not in where
+
+
+def bad_password_count(lab: Lab, address: str, account: str) -> int | None:
+    """The account's badPwdCount on one DC (not replicated: each DC counts its own), read over
+    LDAP as Administrator; None while the account has not reached that DC."""
+    server = Server(
+        f"ldaps://{address}:636", use_ssl=True, get_info=NONE, tls=Tls(validate=ssl.CERT_NONE)
+    )
+    conn = Connection(
+        server,
+        user=lab.admin_user,
+        password=lab.password_file.read_text(),
+        authentication=SIMPLE,
+        receive_timeout=10,
+    )
+    assert conn.bind(), conn.result
+    try:
+        base = ",".join(f"DC={part}" for part in lab.realm.lower().split("."))
+        conn.search(base, f"(sAMAccountName={account})", attributes=["badPwdCount"])
+        if not conn.entries:
+            return None
+        return int(conn.entries[0].badPwdCount.value or 0)
+    finally:
+        conn.unbind()
+
+
+@pytest.fixture
+def lockout_account(lab: Lab) -> Iterator[str]:
+    """A user of its own (so no other test's account comes near a lockout), present on dc1 and
+    dc3, in a domain that counts bad passwords (Samba counts only with a lockout threshold)."""
+    name = f"svc-lock-{secrets.token_hex(3)}"
+    lab.samba_tool(lab.dc, "user", "create", name, f"Right!{secrets.token_hex(8)}")
+    shown = lab.samba_tool(lab.dc, "domain", "passwordsettings", "show").stdout
+    found = re.search(r"Account lockout threshold \(attempts\): (\d+)", shown)
+    threshold = found.group(1) if found else "0"
+    lab.samba_tool(lab.dc, "domain", "passwordsettings", "set", "--account-lockout-threshold=100")
+    try:
+        deadline = time.monotonic() + 60
+        while bad_password_count(lab, lab.replica_dc.address, name) is None:
+            assert time.monotonic() < deadline, f"{name} did not replicate to dc3"
+            time.sleep(1)
+        yield name
+    finally:
+        lab.samba_tool(
+            lab.dc, "domain", "passwordsettings", "set", f"--account-lockout-threshold={threshold}"
+        )
+        lab.samba_tool(lab.dc, "user", "delete", name, check=False)
+
+
+def test_a_wrong_password_costs_one_bad_attempt_not_one_per_dc(
+    lab: Lab, tmp_path: Path, lockout_account: str
+) -> None:
+    """Each DC's worker logging in on its own would cost one bad password per DC, every scrape
+    after the backoff and every restart: AD locks the (LDAP bind) account after a few."""
+    dcs = (lab.dc, lab.replica_dc)
+
+    def bad_attempts() -> int:
+        counts = [bad_password_count(lab, dc.address, lockout_account) for dc in dcs]
+        return sum(count or 0 for count in counts)
+
+    before = bad_attempts()
+    password_file = tmp_path / "wrong-password"
+    password_file.write_text(f"Wrong!{secrets.token_hex(8)}")
+    exch1 = lab.exchange_servers[0]
+    config = config_for(lab, exchange=[exch1.static_entry], dcs=[dc.static_entry for dc in dcs])
+    config["ldap"]["user"] = f"{lockout_account}@{lab.realm.lower()}"
+    config["ldap"]["password_file"] = str(password_file)
+    with running(tmp_path, config) as exporter:
+        for _ in range(3):
+            text, _ = scrape(exporter)
+            for dc in dcs:
+                for service in ("SMTPSVC", "SMTP"):
+                    assert reason_of(text, exch1.name, service, dc.name) == "preauth_failed"
+                failure = value(
+                    text,
+                    "exchange_auth_kerberos_credentials_failure",
+                    domain_controller=dc.name,
+                    reason="preauth_failed",
+                )
+                assert failure == 1, dc.name
+    # One login was tried, at one DC, and refused: one bad password, not one per DC or scrape.
+    assert bad_attempts() - before == 1
 
 
 def test_a_keytab_stands_in_for_the_password(lab: Lab, tmp_path: Path) -> None:

@@ -4,9 +4,11 @@ configuration, metrics, and the worker process against a loopback port where no 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from exporter.checks.service_tickets import (
     CredentialsResult,
     ServiceTicketsResult,
     TicketResult,
+    _spec_for,
     check_service_tickets,
     principal_for,
 )
@@ -35,6 +38,91 @@ from tests.metrics_text import expose, series, value
 REALM = "CORP.EXAMPLE.TEST"
 EXCH1 = Server("exch1.corp.example.test", Role.EXCHANGE, "127.0.0.21")
 PASSWORD = "Unit!secret-4f1c9e"
+
+
+class StandInKdc:
+    """A Kerberos listener on loopback TCP that counts the AS-REQs it gets and answers each with
+    a KRB-ERROR (RFC 4120 5.9.1) carrying ``error``, or never answers (``error`` None)."""
+
+    def __init__(self, error: int | None) -> None:
+        self.error = error
+        self.as_reqs = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self._open: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            self._open.append(conn)
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        try:
+            head = conn.recv(4, socket.MSG_WAITALL)
+            message = conn.recv(int.from_bytes(head, "big"), socket.MSG_WAITALL)
+            if message[:1] == b"\x6a":  # [APPLICATION 10] AS-REQ
+                self.as_reqs += 1
+            if self.error is None:
+                return  # a KDC that drops what it gets: the connection stays open, silent
+            reply = krb_error(self.error)
+            conn.sendall(len(reply).to_bytes(4, "big") + reply)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._server.close()
+        for conn in self._open:
+            conn.close()
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    size = len(content)
+    if size < 0x80:
+        return bytes([tag, size]) + content
+    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(octets)]) + octets + content
+
+
+def _int(number: int) -> bytes:
+    return _der(0x02, number.to_bytes(number.bit_length() // 8 + 1, "big", signed=True))
+
+
+def _field(number: int, inner: bytes) -> bytes:
+    return _der(0xA0 + number, inner)
+
+
+def krb_error(code: int) -> bytes:
+    """KRB-ERROR ::= [APPLICATION 30] SEQUENCE {pvno, msg-type, stime, susec, error-code, realm,
+    sname}, DER-encoded."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d%H%M%SZ").encode()
+    realm = _der(0x1B, REALM.encode())
+    sname = _der(0x30, _field(0, _int(2)) + _field(1, _der(0x30, _der(0x1B, b"krbtgt") + realm)))
+    body = (
+        _field(0, _int(5))
+        + _field(1, _int(30))
+        + _field(4, _der(0x18, now))
+        + _field(5, _int(0))
+        + _field(6, _int(code))
+        + _field(9, realm)
+        + _field(10, sname)
+    )
+    return _der(0x7E, _der(0x30, body))
+
+
+@pytest.fixture
+def kdcs() -> Iterator[list[StandInKdc]]:
+    """Start stand-in KDCs with ``kdcs.append(StandInKdc(...))``; closed after the test."""
+    started: list[StandInKdc] = []
+    yield started
+    kdc_workers.close_all()
+    for kdc in started:
+        kdc.close()
 
 
 def closed_port() -> int:
@@ -445,3 +533,159 @@ def test_metrics_follow_the_projects_failure_convention() -> None:
     assert series(text, "exchange_auth_kerberos_credentials_failure") == [
         {"domain_controller": dc2, "reason": "skew"}
     ]
+
+
+# --- one login per secret, whatever the number of DCs (stand-in KDCs that refuse) ----------
+
+KDC_ERR_ETYPE_NOSUPP = 14
+# The password has expired: one AS-REQ per login (to KDC_ERR_KEY_EXPIRED, MIT's client asks
+# a second time, with pre-authentication; the lab's test counts that case with Samba).
+KDC_ERR_KEY_EXPIRED = 23
+
+
+async def scrape_tickets(
+    settings: Settings, dcs: tuple[Server, ...], seconds: float = 3.0
+) -> list[ServiceTicketsResult]:
+    """Both Exchange servers at once through every DC, as one scrape asks."""
+    exch2 = Server("exch2.corp.example.test", Role.EXCHANGE, "127.0.0.22")
+    servers = (EXCH1, exch2, *dcs)
+    return list(
+        await asyncio.gather(
+            *(
+                check_service_tickets(
+                    context(settings, servers, seconds), target, settings.checks.service_tickets
+                )
+                for target in (EXCH1, exch2)
+            )
+        )
+    )
+
+
+async def test_a_refused_password_costs_one_attempt_not_one_per_dc(
+    kdcs: list[StandInKdc],
+) -> None:
+    settings = settings_with("svc-exporter@corp.example.test")
+    kdcs += [StandInKdc(KDC_ERR_KEY_EXPIRED) for _ in range(3)]
+    dcs = tuple(dc_at(k.port, f"dc{n}.corp.example.test") for n, k in enumerate(kdcs, 1))
+    # A started worker asks nothing until a request lets it.
+    worker_for(_spec_for_dc(settings, dcs[2]))
+    await asyncio.sleep(0.5)
+    assert sum(k.as_reqs for k in kdcs) == 0
+    for _ in range(3):  # three scrapes
+        for result in await scrape_tickets(settings, dcs):
+            assert {(t.ok, t.reason, t.code, t.phase) for t in result.tickets} == {
+                (False, "preauth_failed", KDC_ERR_KEY_EXPIRED, "tgt")
+            }
+            assert {(c.domain_controller, c.reason) for c in result.credentials} == {
+                (dc.name, "preauth_failed") for dc in dcs
+            }
+            not_asked = [t for t in result.tickets if t.detail.startswith("not asked")]
+            assert (
+                len(not_asked) >= 4 and "refused the exporter's credentials" in not_asked[0].detail
+            )
+    assert sum(k.as_reqs for k in kdcs) == 1
+    assert PASSWORD not in repr(kdc_workers._GATES)
+    # The backoff over: one try again, at one DC.
+    (gate,) = {worker.gate for worker in kdc_workers.running_workers()}
+    gate.retry_at = time.monotonic()
+    await scrape_tickets(settings, dcs)
+    assert sum(k.as_reqs for k in kdcs) == 2
+    await scrape_tickets(settings, dcs)
+    assert sum(k.as_reqs for k in kdcs) == 2
+    # A new secret is tried at once, again at one DC only.
+    rotated = load_text(
+        f"realm: {REALM.lower()}\nldap:\n  url: ldaps://dc1.corp.example.test\n"
+        "  user: svc-exporter@corp.example.test\n  password_env: LDAP_PASSWORD\n",
+        env={"LDAP_PASSWORD": "Rotated!secret-77"},
+    )
+    for result in await scrape_tickets(rotated, dcs):
+        assert {t.reason for t in result.tickets} == {"preauth_failed"}
+    assert sum(k.as_reqs for k in kdcs) == 3
+
+
+def _spec_for_dc(settings: Settings, dc: Server) -> WorkerSpec:
+    return _spec_for(settings, settings.checks.service_tickets, dc, "127.0.0.1")
+
+
+async def test_a_dc_that_cannot_be_reached_does_not_hold_the_others_back(
+    kdcs: list[StandInKdc],
+) -> None:
+    settings = settings_with("svc-exporter@corp.example.test")
+    kdcs.append(StandInKdc(KDC_ERR_KEY_EXPIRED))
+    dcs = (dc_at(closed_port()), dc_at(kdcs[0].port, "dc2.corp.example.test"))
+    for result in await scrape_tickets(settings, dcs):
+        reasons = {(t.domain_controller, t.reason, t.phase) for t in result.tickets}
+        assert reasons == {
+            (dcs[0].name, "kdc_unreachable", "tgt"),
+            (dcs[1].name, "preauth_failed", "tgt"),
+        }
+    assert kdcs[0].as_reqs == 1
+
+
+async def test_a_kdc_that_drops_the_first_login_holds_the_others_only_briefly(
+    kdcs: list[StandInKdc],
+) -> None:
+    settings = settings_with("svc-exporter@corp.example.test", timeout=4.0)
+    kdcs += [StandInKdc(None), StandInKdc(KDC_ERR_KEY_EXPIRED)]
+    dcs = tuple(dc_at(k.port, f"dc{n}.corp.example.test") for n, k in enumerate(kdcs, 1))
+    started = time.monotonic()
+    result = (await scrape_tickets(settings, dcs, 4.0))[0]
+    assert time.monotonic() - started < 4.5
+    by_dc = {t.domain_controller: t.reason for t in result.tickets}
+    assert by_dc[dcs[0].name] in ("timeout", "kdc_unreachable")
+    assert by_dc[dcs[1].name] == "preauth_failed"
+    assert kdcs[1].as_reqs == 1
+
+
+async def test_the_exporters_own_tgt_failing_is_not_the_targets_failure(
+    kdcs: list[StandInKdc],
+) -> None:
+    """Our account without a key for the configured encryption types: KDC_ERR_ETYPE_NOSUPP to
+    our AS-REQ. No SPN was asked about: the tickets say no_credentials, the code stays."""
+    settings = settings_with("svc-exporter@corp.example.test")
+    kdcs.append(StandInKdc(KDC_ERR_ETYPE_NOSUPP))
+    (result, _) = await scrape_tickets(settings, (dc_at(kdcs[0].port),))
+    assert {(t.reason, t.code, t.phase) for t in result.tickets} == {
+        ("no_credentials", KDC_ERR_ETYPE_NOSUPP, "tgt")
+    }
+    (credentials,) = result.credentials
+    assert (credentials.reason, credentials.code) == ("etype_nosupp", KDC_ERR_ETYPE_NOSUPP)
+    text = expose(
+        SPEC.emit([CheckRun("service_tickets", EXCH1, result, 0.1)], ServiceTicketsCheck())
+    )
+    assert {s["reason"] for s in series(text, "exchange_auth_service_ticket_failure")} == {
+        "no_credentials"
+    }
+    assert (
+        value(
+            text,
+            "exchange_auth_kerberos_credentials_failure",
+            domain_controller=credentials.domain_controller,
+            reason="etype_nosupp",
+        )
+        == 1
+    )
+
+
+def test_the_krb5_conf_bounds_each_kdc_exchange_by_the_checks_timeout() -> None:
+    assert "\trequest_timeout = 3s\n" in krb5_conf(spec(88, request_timeout=2.5))
+    assert "\trequest_timeout = 1s\n" in krb5_conf(spec(88, request_timeout=0.2))
+    assert "request_timeout" not in krb5_conf(spec(88))
+    settings = settings_with("svc-exporter@corp.example.test", timeout=7.0)
+    dc = dc_at(88)
+    assert "\trequest_timeout = 7s\n" in krb5_conf(_spec_for_dc(settings, dc))
+
+
+def test_a_kdc_that_drops_requests_frees_the_workers_thread_in_time(
+    kdcs: list[StandInKdc],
+) -> None:
+    """Debian 12's MIT 1.20 ignores request_timeout and waits about 25 s for a silent KDC: the
+    worker answers by the deadline anyway, and its only thread takes the next request."""
+    kdcs.append(StandInKdc(None))
+    worker = worker_for(spec(kdcs[0].port, threads=1, request_timeout=1.0))
+    for spn in ("SMTPSVC/x.corp.example.test", "SMTP/x.corp.example.test"):
+        started = time.monotonic()
+        answer = worker.request(spn, REALM, started + 1.5).result(20)
+        assert time.monotonic() - started < 2.5, spn
+        assert (answer["ok"], answer["reason"], answer["phase"]) == (False, "timeout", "tgt")
+    assert kdcs[0].as_reqs == 1  # the second request waited for the first login, no second one

@@ -25,8 +25,10 @@ DC3 = "dc3.corp.example.test"
 FQDN_SPN = "SMTPSVC/exch1.corp.example.test"
 
 
-def ticket(ok: bool, reason: str = "", dc: str = DC.name, spn: str = FQDN_SPN) -> TicketResult:
-    return TicketResult(dc, spn, ok, reason)
+def ticket(
+    ok: bool, reason: str = "", dc: str = DC.name, spn: str = FQDN_SPN, phase: str = "tgs"
+) -> TicketResult:
+    return TicketResult(dc, spn, ok, reason, phase=phase)
 
 
 def ticket_run(*tickets: TicketResult, server: Server = EXCH) -> CheckRun[Any]:
@@ -216,3 +218,48 @@ def test_the_status_page_and_diagnose_show_the_keys_cause() -> None:
     (server,) = document["servers"]
     keys = next(c for c in server["causes"] if c["cause"] == "kerberos_keys")
     assert (keys["kind"], keys["state"]) == ("cause", "problem")
+
+
+# --- the exporter's own TGT failing (phase tgt) is never the Exchange server's problem --------
+
+
+def test_the_exporters_own_tgt_failing_is_no_keys_or_spn_problem() -> None:
+    """Even should an older reader hand over the TGT's own reason (our account lacking a key
+    for the configured types, or our principal unknown), no Set-ADComputer for EXCH1."""
+    for reason in ("etype_nosupp", "principal_unknown", "no_credentials"):
+        runs = base_runs(
+            ticket(False, reason, phase="tgt"), ticket(False, reason, dc=DC3, phase="tgt")
+        )
+        found = judge(runs, scans=scans_with(encryption_types=0x4))
+        keys = found[Cause.KERBEROS_KEYS]
+        assert (keys.state, keys.reason) == (State.UNKNOWN, "no_reading"), reason
+        assert not any("Set-ADComputer" in fix for fix in keys.fix)
+        assert f"{DC.name}: {reason} (the exporter's own TGT)" in keys.evidence[0]
+        assert found[Cause.SPN_MISSING].state is State.OK, reason
+        assert found[Cause.SPN_DUPLICATE].state is State.OK, reason
+    # Without an SPN scan, the tickets alone: still nothing refused.
+    alone = judge(base_runs(ticket(False, "principal_unknown", phase="tgt")), scans={})
+    assert alone[Cause.SPN_MISSING].state is State.UNKNOWN
+
+
+def test_a_kdc_unreachable_for_the_exporters_own_tgt_names_the_dc_port_only() -> None:
+    runs = base_runs(ticket(False, "kdc_unreachable", dc=DC3, phase="tgt"))
+    found = judge(runs, scans=scans_with())
+    ports = found[Cause.KERBEROS_PORTS_BLOCKED]
+    assert ports.state is State.PROBLEM
+    assert ports.evidence[0] == f"the exporter's own TGT requests could not reach the KDC of {DC3}"
+    assert any(f"Test-NetConnection {DC3} -Port 88" in fix for fix in ports.fix)
+    assert found[Cause.KERBEROS_KEYS].state is State.UNKNOWN
+    assert found[Cause.SPN_MISSING].state is State.OK
+    # A DC whose address was not found: no port evidence at all.
+    unresolved = base_runs(ticket(False, "kdc_unreachable", dc=DC3, phase="address"))
+    assert judge(unresolved, scans=scans_with())[Cause.KERBEROS_PORTS_BLOCKED].state is State.OK
+
+
+def test_a_kdc_refusing_the_exporters_own_tgt_for_skew_says_so() -> None:
+    runs = [ntp(EXCH, 400.0), ntp(DC, 0.0), ticket_run(ticket(False, "skew", phase="tgt"))]
+    verdict = judge(runs, scans=scans_with())[Cause.CLOCK_SKEW]
+    assert (
+        f"the KDC of {DC.name} refused the exporter's own TGT for clock skew"
+        in (verdict.evidence[-1])
+    )
