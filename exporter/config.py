@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -35,6 +35,9 @@ __all__ = [
     "load_file",
     "load_text",
     "parse_duration",
+    "parse_yaml_mapping",
+    "read_config_text",
+    "validate_mapping",
 ]
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -438,6 +441,11 @@ class _Located:
             path = path[:-1]
         return None
 
+    def where(self, path: tuple[str | int, ...]) -> str:
+        """``path`` dotted, with its line: ``ldap.port (line 7)``."""
+        line = self.line_of(path)
+        return _dotted(path) + (f" (line {line})" if line else "")
+
 
 def _index_lines(
     node: yaml.Node,
@@ -572,13 +580,15 @@ def _read_credential(name: str, env: Mapping[str, str]) -> tuple[str, str]:
     return "", secret
 
 
-def load_text(
-    text: str,
-    source: str = "<config>",
-    env: Mapping[str, str] | None = None,
-    base_dir: Path | None = None,
-) -> Settings:
-    """Validate configuration text; raise :class:`ConfigError` naming every problem."""
+def parse_yaml_mapping(
+    text: str, source: str, *, empty: str | None
+) -> tuple[dict[str, Any], _Located, list[str]]:
+    """Parse a YAML file whose top level is a mapping of keys.
+
+    Returns the mapping, the line of every YAML path and the duplicate keys as problems. Raises
+    :class:`ConfigError` on text that is not YAML or not a mapping, and on an empty file when
+    ``empty`` gives the problem to report (``None``: an empty file is an empty mapping).
+    """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -588,17 +598,52 @@ def load_text(
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [f"{where}not valid YAML: {problem}"]) from None
     if data is None:
-        raise ConfigError(source, ["the file is empty: at least 'realm' is required"])
+        if empty is not None:
+            raise ConfigError(source, [empty])
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(
             source, [f"expected a mapping of keys at the top level, got {type(data).__name__}"]
         )
-
     lines: dict[tuple[str | int, ...], int] = {}
     problems: list[str] = []
     if root is not None:
         _index_lines(root, (), lines, problems)
-    located = _Located(lines)
+    return data, _Located(lines), problems
+
+
+_Validated = TypeVar("_Validated", bound=BaseModel)
+
+
+def validate_mapping(
+    model: type[_Validated],
+    data: dict[str, Any],
+    source: str,
+    located: _Located,
+    problems: list[str],
+) -> _Validated:
+    """``model`` from ``data``, or :class:`ConfigError` with ``problems`` and every validation
+    error, each named by its YAML path and line."""
+    try:
+        return model.model_validate(data)
+    except RecursionError:
+        raise ConfigError(source, ["the file nests too deeply (a recursive YAML alias?)"]) from None
+    except ValidationError as exc:
+        for error in exc.errors():
+            problems.append(f"{located.where(tuple(error['loc']))}: {_describe(error)}")
+        raise ConfigError(source, problems) from None
+
+
+def load_text(
+    text: str,
+    source: str = "<config>",
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> Settings:
+    """Validate configuration text; raise :class:`ConfigError` naming every problem."""
+    data, located, problems = parse_yaml_mapping(
+        text, source, empty="the file is empty: at least 'realm' is required"
+    )
 
     ldap = data.get("ldap")
     if isinstance(ldap, dict) and "password" in ldap:
@@ -610,17 +655,7 @@ def load_text(
         )
         data = {**data, "ldap": {k: v for k, v in ldap.items() if k != "password"}}
 
-    try:
-        settings = Settings.model_validate(data)
-    except RecursionError:
-        raise ConfigError(source, ["the file nests too deeply (a recursive YAML alias?)"]) from None
-    except ValidationError as exc:
-        for error in exc.errors():
-            path = tuple(error["loc"])
-            line = located.line_of(path)
-            where = _dotted(path) + (f" (line {line})" if line else "")
-            problems.append(f"{where}: {_describe(error)}")
-        raise ConfigError(source, problems) from None
+    settings = validate_mapping(Settings, data, source, located, problems)
     env = os.environ if env is None else env
     problems.extend(_read_secrets(settings, env, base_dir or Path.cwd()))
     problems.extend(_find_keytab(settings, base_dir or Path.cwd()))
@@ -629,12 +664,17 @@ def load_text(
     return settings
 
 
-def load_file(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate a configuration file."""
+def read_config_text(path: str | Path) -> str:
+    """A configuration file's text, or :class:`ConfigError` if it cannot be read as UTF-8."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
     except UnicodeDecodeError:
         raise ConfigError(str(path), ["the file is not UTF-8 text"]) from None
+
+
+def load_file(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a configuration file."""
+    text = read_config_text(path)
     return load_text(text, source=str(path), env=env, base_dir=Path(path).parent)

@@ -33,11 +33,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import bcrypt
-import yaml
 from aiohttp import hdrs, web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .config import ConfigError, _describe, _dotted, _index_lines, _Located
+from .config import (
+    ConfigError,
+    _Located,
+    parse_yaml_mapping,
+    read_config_text,
+    validate_mapping,
+)
 
 __all__ = ["WebConfig", "WebSecurity", "load_web_config"]
 
@@ -216,16 +221,11 @@ class WebConfig:
         return f"{tls}, {users} basic auth user{'s' if users != 1 else ''}"
 
 
-def _where(located: _Located, path: tuple[str | int, ...]) -> str:
-    line = located.line_of(path)
-    return _dotted(path) + (f" (line {line})" if line else "")
-
-
 def _build_ssl_context(
     tls: TlsServerConfig, base_dir: Path, located: _Located
 ) -> tuple[ssl.SSLContext | None, list[str]]:
     def where(key: str) -> str:
-        return _where(located, ("tls_server_config", key))
+        return located.where(("tls_server_config", key))
 
     assert tls.cert_file is not None and tls.key_file is not None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -267,28 +267,9 @@ def _build_ssl_context(
 
 def load_web_config_text(text: str, source: str, base_dir: Path) -> WebConfig:
     """Validate web configuration text; raise :class:`ConfigError` naming every problem."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(source, [f"{at}not valid YAML: {problem}"]) from None
-    if data is None:
-        data = {}  # an empty file: plain HTTP, no authentication, as in the exporter-toolkit
-    if not isinstance(data, dict):
-        raise ConfigError(
-            source, [f"expected a mapping of keys at the top level, got {type(data).__name__}"]
-        )
-    lines: dict[tuple[str | int, ...], int] = {}
-    problems: list[str] = []
-    if root is not None:
-        _index_lines(root, (), lines, problems)
-    located = _Located(lines)
-
-    def where(path: tuple[str | int, ...]) -> str:
-        return _where(located, path)
+    # An empty file: plain HTTP, no authentication, as in the exporter-toolkit.
+    data, located, problems = parse_yaml_mapping(text, source, empty=None)
+    where = located.where
 
     for key_path, message in _UNSUPPORTED.items():
         parent: Any = data
@@ -315,14 +296,7 @@ def load_web_config_text(text: str, source: str, base_dir: Path) -> WebConfig:
                 problems.append(f"{where(('basic_auth_users', str(name)))}: {exc}")
                 del users[name]
 
-    try:
-        model = WebConfigModel.model_validate(data)
-    except RecursionError:
-        raise ConfigError(source, ["the file nests too deeply (a recursive YAML alias?)"]) from None
-    except ValidationError as exc:
-        for error in exc.errors():
-            problems.append(f"{where(tuple(error['loc']))}: {_describe(error)}")
-        raise ConfigError(source, problems) from None
+    model = validate_mapping(WebConfigModel, data, source, located, problems)
 
     context = None
     tls = model.tls_server_config
@@ -368,12 +342,7 @@ def _dummy_hash(hashes: Iterable[bytes]) -> bytes:
 
 def load_web_config(path: str | Path) -> WebConfig:
     """Read and validate a web configuration file (exporter-toolkit format)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), ["the file is not UTF-8 text"]) from None
+    text = read_config_text(path)
     return load_web_config_text(text, str(path), Path(path).parent)
 
 

@@ -41,6 +41,10 @@ class ExporterProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")
 
@@ -58,8 +62,64 @@ class ExporterProcess:
             time.sleep(0.2)
 
 
+def answers_ready(exporter: ExporterProcess) -> bool:
+    """The exporter answers 200 on /-/ready over plain HTTP."""
+    return exporter.get("/-/ready")[0] == 200
+
+
+def wait_started(
+    process: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    *,
+    name: str,
+    log: Callable[[], str],
+    timeout: float,
+    interval: float,
+) -> None:
+    """Wait until ``ready`` holds (an ``OSError`` counts as not yet); fail with the log if the
+    process exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log()}")
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not ready after {timeout:.0f} s:\n{log()}")
+        time.sleep(interval)
+
+
+def stop(process: subprocess.Popen[bytes], *, timeout: float, group: bool = False) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; to the whole process group when ``group`` (the
+    process was started with ``start_new_session=True``)."""
+    if process.poll() is not None:
+        return
+    if group:
+        os.killpg(process.pid, signal.SIGTERM)
+    else:
+        process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if group:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+        process.wait()
+
+
 @contextmanager
-def exporter_process(config: Path, log_file: Path, *extra: str) -> Iterator[ExporterProcess]:
+def exporter_process(
+    config: Path,
+    log_file: Path,
+    *extra: str,
+    ready: Callable[[ExporterProcess], bool] = answers_ready,
+) -> Iterator[ExporterProcess]:
+    """Run ``python -m exporter`` on ``config`` and a free port until ``ready`` holds (by
+    default: /-/ready answers 200 over plain HTTP); stop it on leaving."""
     port = free_port()
     with log_file.open("wb") as log:
         process = subprocess.Popen(
@@ -77,27 +137,17 @@ def exporter_process(config: Path, log_file: Path, *extra: str) -> Iterator[Expo
         )
     exporter = ExporterProcess(process, f"http://127.0.0.1:{port}", log_file)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"exporter exited with {process.returncode}:\n{exporter.log()}")
-            try:
-                if exporter.get("/-/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"exporter not ready after 15 s:\n{exporter.log()}")
-            time.sleep(0.05)
+        wait_started(
+            process,
+            lambda: ready(exporter),
+            name="exporter",
+            log=exporter.log,
+            timeout=15,
+            interval=0.05,
+        )
         yield exporter
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, timeout=10)
 
 
 def scrape_once(config: dict[str, Any], tmp_path: Path, timeout: str = "5") -> tuple[str, float]:

@@ -8,15 +8,10 @@ connection, not even a DNS query.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import socket
-import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +20,10 @@ from urllib.parse import urlencode
 import pytest
 import yaml
 
-from tests.integration.exporter_process import ExporterProcess, exporter_process, free_port
+from tests.integration.exporter_process import ExporterProcess, exporter_process
 from tests.lab import SKEWED_CLOCK_OFFSET, Lab
 from tests.metrics_text import series, value
+from tests.prometheus_server import prometheus_server
 
 pytestmark = pytest.mark.lab
 
@@ -271,7 +267,7 @@ def test_prometheus_discovers_from_sd_and_scrapes_probe(lab: Lab, tmp_path: Path
         for job in config["scrape_configs"]:
             job.update(scrape_interval="1s", scrape_timeout="1s")
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-        with prometheus(binary, tmp_path) as server:
+        with prometheus_server(binary, tmp_path / "prometheus.yml", tmp_path) as server:
             expected = {
                 (module, g["targets"][0])
                 for module in ("clock", "kerberos", "smtp")
@@ -308,62 +304,3 @@ def test_prometheus_discovers_from_sd_and_scrapes_probe(lab: Lab, tmp_path: Path
 
 SHIPPED_SCRAPE_CONFIG = Path(__file__).parents[2] / "deploy" / "prometheus" / "multi-target.yml"
 SHIPPED_EXPORTER_HOST = "exporter-host.corp.example.com:9817"
-
-
-@dataclass
-class PrometheusServer:
-    url: str
-    log_file: Path
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        url = f"{self.url}/api/v1/query?{urlencode({'query': promql})}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            document = json.load(response)
-        assert document["status"] == "success", document
-        result: list[dict[str, Any]] = document["data"]["result"]
-        return result
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")
-
-
-@contextmanager
-def prometheus(binary: str, work: Path) -> Iterator[PrometheusServer]:
-    port = free_port()
-    log_file = work / "prometheus.log"
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={work / 'prometheus.yml'}",
-                f"--storage.tsdb.path={work / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = PrometheusServer(f"http://127.0.0.1:{port}", log_file)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {process.returncode}:\n{server.log()}")
-            try:
-                with urllib.request.urlopen(f"{server.url}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus not ready after 30 s:\n{server.log()}")
-            time.sleep(0.2)
-        yield server
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()

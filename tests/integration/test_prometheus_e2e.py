@@ -16,17 +16,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +50,9 @@ from exporter.config import load_text
 from exporter.inventory import Inventory
 from exporter.ldap import LdapClient, LdapTarget
 from exporter.servers import Role, Server
-from tests.integration.exporter_process import ExporterProcess, exporter_process, free_port
+from tests.integration.exporter_process import ExporterProcess, exporter_process
 from tests.lab import Lab
+from tests.prometheus_server import PrometheusServer, prometheus_server
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 
@@ -190,30 +185,6 @@ def exporter_config(lab: Lab, work: Path, ldap_password_file: Path | None = None
 # --- Prometheus ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Prometheus:
-    url: str
-    process: subprocess.Popen[bytes]
-    log_file: Path
-
-    def api(self, path: str, **params: str) -> Any:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=10) as response:
-            document = json.load(response)
-        assert document["status"] == "success", document
-        return document["data"]
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.api("/api/v1/query", query=promql)["result"]
-        return result
-
-    def alerts(self, state: str = "firing") -> list[dict[str, Any]]:
-        return [a for a in self.api("/api/v1/alerts")["alerts"] if a["state"] == state]
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("prometheus-e2e")
@@ -235,7 +206,7 @@ def exporter(lab: Lab, work: Path) -> Iterator[ExporterProcess]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(exporter: ExporterProcess, work: Path) -> Iterator[Prometheus]:
+def prometheus(exporter: ExporterProcess, work: Path) -> Iterator[PrometheusServer]:
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus not found: apt-get install prometheus (or make system-deps)")
@@ -255,46 +226,8 @@ def prometheus(exporter: ExporterProcess, work: Path) -> Iterator[Prometheus]:
             }
         )
     )
-    port = free_port()
-    log_file = work / "prometheus.log"
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={work / 'prometheus.yml'}",
-                f"--storage.tsdb.path={work / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = Prometheus(f"http://127.0.0.1:{port}", process, log_file)
-    try:
-        _wait(
-            lambda: _ready(server),
-            timeout=30,
-            what=lambda: f"Prometheus ready; its log:\n{server.log()}",
-        )
+    with prometheus_server(binary, work / "prometheus.yml", work) as server:
         yield server
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-def _ready(server: Prometheus) -> bool:
-    if server.process.poll() is not None:
-        raise RuntimeError(f"prometheus exited with {server.process.returncode}:\n{server.log()}")
-    try:
-        with urllib.request.urlopen(f"{server.url}/-/ready", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def _wait(condition: Callable[[], bool], *, timeout: float, what: Callable[[], str]) -> None:
@@ -484,7 +417,7 @@ def expected_alerts(lab: Lab) -> set[Key]:
 
 
 @pytest.fixture(scope="module")
-def firing(lab: Lab, prometheus: Prometheus) -> list[dict[str, Any]]:
+def firing(lab: Lab, prometheus: PrometheusServer) -> list[dict[str, Any]]:
     """The firing alerts, once every expected one fires (and a few evaluations more)."""
     expected = expected_alerts(lab)
 
@@ -548,7 +481,7 @@ def _section(description: str, title: str) -> list[str]:
 TITLES = {c.name: c.title for c in VERDICT_CAUSES}
 
 
-def _verdicts(prometheus: Prometheus) -> dict[tuple[str, str], float]:
+def _verdicts(prometheus: PrometheusServer) -> dict[tuple[str, str], float]:
     """(server, cause) -> 1 problem, 0 ok, -1 unknown: the overview matrix's cells."""
     return {
         (r["metric"]["server"], r["metric"]["cause"]): float(r["value"][1])
@@ -602,7 +535,7 @@ def _lab_causes(lab: Lab, server: str) -> dict[str, list[str]]:
 
 
 def test_queue_alerts_name_the_causes_present_on_each_server(
-    lab: Lab, prometheus: Prometheus, firing: list[dict[str, Any]]
+    lab: Lab, prometheus: PrometheusServer, firing: list[dict[str, Any]]
 ) -> None:
     queue_alerts = {
         a["labels"]["server"]: a["annotations"]["description"]
@@ -655,7 +588,7 @@ def test_spn_duplicates_are_attributed_to_their_exchange_server(
         )
 
 
-def test_every_dashboard_query_returns_series(prometheus: Prometheus, firing: object) -> None:
+def test_every_dashboard_query_returns_series(prometheus: PrometheusServer, firing: object) -> None:
     empty = []
     for expression in expressions(MIXIN):
         if not expression.where.startswith("dashboard"):
@@ -666,7 +599,7 @@ def test_every_dashboard_query_returns_series(prometheus: Prometheus, firing: ob
 
 
 def test_the_overview_matrix_marks_broken_servers(
-    lab: Lab, prometheus: Prometheus, firing: object
+    lab: Lab, prometheus: PrometheusServer, firing: object
 ) -> None:
     cells = _verdicts(prometheus)
     directory = lab.exchange_directory
@@ -725,7 +658,7 @@ CAUSE_ALERTS: dict[str, tuple[tuple[str, ...], str | None]] = {
 
 
 def test_the_matrix_and_the_alerts_agree(
-    prometheus: Prometheus, firing: list[dict[str, Any]]
+    prometheus: PrometheusServer, firing: list[dict[str, Any]]
 ) -> None:
     """A red cell has an alert of its cause firing, and a cause alert firing has a red cell: the
     exporter's verdicts and the mixin's thresholds (the same: the near-tolerance warning starts
@@ -850,7 +783,7 @@ def test_every_label_matcher_names_a_label_of_its_metric(emitted: dict[str, set[
 
 
 def test_a_dc_that_stops_replicating_is_a_cause_for_every_server(
-    lab: Lab, prometheus: Prometheus, firing: object
+    lab: Lab, prometheus: PrometheusServer, firing: object
 ) -> None:
     """Stop the replica's samba: dc1 keeps failing to replicate from it. The exporter's
     replication verdict turns red for every Exchange server, ExchangeAuthReplicationFailing

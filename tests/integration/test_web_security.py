@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import base64
 import http.client
-import json
 import os
 import select
 import shutil
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,8 +27,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.exporter_process import free_port
+from tests.integration.exporter_process import ExporterProcess, exporter_process
 from tests.lab import DEFAULT_NETWORK
+from tests.prometheus_server import prometheus_server
 from tests.tls_certs import CertificateAuthority, Issued, bcrypt_hash
 
 pytestmark = pytest.mark.timeout(120)
@@ -107,14 +103,8 @@ def tls_server(pki: Pki, **extra: Any) -> dict[str, Any]:
 
 
 @dataclass
-class Running:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_file: Path
+class Running(ExporterProcess):
     ca: Path
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")
 
     def context(
         self,
@@ -163,43 +153,17 @@ def basic(user: str, password: str) -> str:
 
 @contextmanager
 def exporter(folder: Path, web_config: Path | None, ca: Path, *extra: str) -> Iterator[Running]:
-    port = free_port()
-    log_file = folder / "exporter.log"
     flags = [f"--web.config.file={web_config}"] if web_config is not None else []
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                f"--config.file={_exporter_config(folder)}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=debug",
-                *flags,
-                *extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    running = Running(process, port, log_file, ca)
-    try:
-        deadline = time.monotonic() + 15
-        while "listening on" not in running.log():
-            if process.poll() is not None:
-                raise RuntimeError(f"exporter exited with {process.returncode}:\n{running.log()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"exporter not listening after 15 s:\n{running.log()}")
-            time.sleep(0.05)
-        yield running
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with exporter_process(
+        _exporter_config(folder),
+        folder / "exporter.log",
+        "--log.level=debug",
+        *flags,
+        *extra,
+        # /-/ready may want TLS, a client certificate or a password: wait for the log line.
+        ready=lambda started: "listening on" in started.log(),
+    ) as started:
+        yield Running(started.process, started.url, started.log_file, ca)
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -530,46 +494,18 @@ def test_prometheus_scrapes_with_client_certificate_and_basic_auth(
                 }
             )
         )
-        port = free_port()
-        log_file = tmp_path / "prometheus.log"
-        with log_file.open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={tmp_path / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
+        with prometheus_server(binary, config, tmp_path) as server:
 
             def targets() -> dict[str, dict[str, Any]]:
-                url = f"http://127.0.0.1:{port}/api/v1/targets?" + urllib.parse.urlencode(
-                    {"state": "active"}
-                )
-                try:
-                    with urllib.request.urlopen(url, timeout=5) as response:
-                        data = json.load(response)["data"]["activeTargets"]
-                except OSError:
-                    return {}
-                return {t["labels"]["job"]: t for t in data if t["health"] != "unknown"}
+                found = server.targets(state="active")
+                return {t["labels"]["job"]: t for t in found if t["health"] != "unknown"}
 
             wait_for(
                 lambda: len(targets()) == 2,
-                f"both targets scraped; Prometheus log:\n{log_file.read_text()}",
+                f"both targets scraped; Prometheus log:\n{server.log()}",
                 timeout=40,
             )
             found = targets()
             assert found["exchange-auth"]["health"] == "up", found["exchange-auth"]["lastError"]
             assert found["wrong-password"]["health"] == "down"
             assert "401" in found["wrong-password"]["lastError"]
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()

@@ -26,8 +26,6 @@ import subprocess
 import sys
 import time
 import tomllib
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,8 @@ from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonit
 from dashboards import render
 from dashboards.config import CONFIG
 from exporter.config import ClockCheck, DnsSettings, KerberosCheck, SmtpCheck
-from tests.integration.exporter_process import exporter_process, free_port
+from tests.integration.exporter_process import exporter_process
+from tests.prometheus_server import prometheus_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -590,11 +589,6 @@ def test_inventory_scrape_config_feeds_the_mixin() -> None:
     assert rule_files == {render.HERE / render.ALERTS_FILE, render.HERE / render.RULES_FILE}
 
 
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)
-
-
 def test_multi_target_relabelling_in_a_real_prometheus(tmp_path: Path) -> None:
     """Prometheus discovers servers from a real exporter's /sd and scrapes its /probe."""
     prometheus = tool("prometheus", "apt-get install prometheus")
@@ -622,30 +616,18 @@ def test_multi_target_relabelling_in_a_real_prometheus(tmp_path: Path) -> None:
             "scrape_timeout: 15s", "scrape_timeout: 1s"
         )
         (tmp_path / "prometheus.yml").write_text(config)
-        web = f"127.0.0.1:{free_port()}"
-        with (tmp_path / "prometheus.log").open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    prometheus,
-                    f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp_path / 'data'}",
-                    f"--web.listen-address={web}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
+        with prometheus_server(prometheus, tmp_path / "prometheus.yml", tmp_path) as server:
             deadline = time.monotonic() + 30
             targets: list[dict[str, Any]] = []
             while time.monotonic() < deadline:
                 try:
-                    targets = _get_json(f"http://{web}/api/v1/targets")["data"]["activeTargets"]
-                except (OSError, urllib.error.URLError):
+                    targets = server.targets()
+                except OSError:
                     targets = []
                 if len(targets) == 4 and all(t["health"] == "up" for t in targets):
                     break
                 time.sleep(0.5)
-            log_text = (tmp_path / "prometheus.log").read_text(errors="replace")
+            log_text = server.log()
             # clock for both servers, kerberos for the DC, smtp for the Exchange server.
             found = {(t["labels"]["instance"], t["labels"]["module"]) for t in targets}
             assert found == {
@@ -661,9 +643,6 @@ def test_multi_target_relabelling_in_a_real_prometheus(tmp_path: Path) -> None:
                 assert f"target={labels['instance']}" in target["scrapeUrl"]
                 assert f"module={labels['module']}" in target["scrapeUrl"]
                 assert target["health"] == "up", (target, log_text)
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
 
 
 # --- Grafana ---------------------------------------------------------------------------------
