@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,6 @@ from typing import Any
 
 import pytest
 import yaml
-from ldap3 import NONE, SIMPLE, Connection, Server, Tls
 
 from tests.integration.exporter_process import ExporterProcess, exporter_process
 from tests.lab import Lab
@@ -226,17 +224,7 @@ def test_a_wrong_password_is_preauth_failed_and_never_shown(lab: Lab, tmp_path: 
 def bad_password_count(lab: Lab, address: str, account: str) -> int | None:
     """The account's badPwdCount on one DC (not replicated: each DC counts its own), read over
     LDAP as Administrator; None while the account has not reached that DC."""
-    server = Server(
-        f"ldaps://{address}:636", use_ssl=True, get_info=NONE, tls=Tls(validate=ssl.CERT_NONE)
-    )
-    conn = Connection(
-        server,
-        user=lab.admin_user,
-        password=lab.password_file.read_text(),
-        authentication=SIMPLE,
-        receive_timeout=10,
-    )
-    assert conn.bind(), conn.result
+    conn = lab.admin_ldap(f"ldaps://{address}:636")
     try:
         base = ",".join(f"DC={part}" for part in lab.realm.lower().split("."))
         conn.search(base, f"(sAMAccountName={account})", attributes=["badPwdCount"])

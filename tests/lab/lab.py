@@ -69,6 +69,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -80,6 +81,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+import ldap3
 import yaml
 
 from tests.lab.chrony import spawn_chronyd, wait_for_chronyd
@@ -808,6 +810,26 @@ class Lab:
     @property
     def ldap_url(self) -> str:
         return f"ldap://{self.dc.address}:389"
+
+    def admin_ldap(self, url: str | None = None, *, start_tls: bool = False) -> ldap3.Connection:
+        """A bound simple-bind connection as Administrator (dc1's LDAPS unless ``url`` says
+        otherwise); ``get_info=NONE``, so ldap3 reads attributes its schema lacks. Unbind it."""
+        url = url or self.ldaps_url
+        tls = ldap3.Tls(validate=ssl.CERT_NONE)
+        server = ldap3.Server(url, use_ssl=url.startswith("ldaps:"), get_info=ldap3.NONE, tls=tls)
+        conn = ldap3.Connection(
+            server,
+            user=self.admin_user,
+            password=self.password_file.read_text(),
+            authentication=ldap3.SIMPLE,
+            receive_timeout=10,
+        )
+        conn.open()
+        if start_tls and not conn.start_tls():
+            raise LabError(f"StartTLS refused by {url}: {conn.result}")
+        if not conn.bind():
+            raise LabError(f"simple bind as {self.admin_user} refused by {url}: {conn.result}")
+        return conn
 
     @property
     def tls_ca_file(self) -> Path:

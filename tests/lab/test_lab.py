@@ -23,7 +23,7 @@ import dns.asyncresolver
 import dns.resolver
 import ntplib
 import pytest
-from ldap3 import NONE, SIMPLE, Connection, Server, Tls
+from ldap3 import Connection
 
 from tests.lab import (
     CUSTOM_SMTP_BANNER,
@@ -244,12 +244,8 @@ def test_async_srv_discovery_finds_the_dc(lab: Lab) -> None:
 
 
 def test_samba_accepts_an_ldaps_simple_bind_as_administrator(lab: Lab) -> None:
-    server = Server(lab.ldaps_url, use_ssl=True, get_info=NONE, tls=Tls(validate=ssl.CERT_NONE))
-    conn = Connection(
-        server, user=lab.admin_user, password=lab.password_file.read_text(), authentication=SIMPLE
-    )
+    conn = lab.admin_ldap()
     try:
-        assert conn.bind(), conn.result
         conn.search("", "(objectClass=*)", search_scope="BASE", attributes=["dnsHostName"])
         assert conn.entries[0].dnsHostName.value == "dc1.corp.example.test"
     finally:
@@ -473,25 +469,6 @@ EXCHANGE_SERVER_ATTRIBUTES = [
 ]
 
 
-def _ldap(lab: Lab, url: str | None = None, *, start_tls: bool = False) -> Connection:
-    """A simple bind as Administrator; ``get_info=NONE``: ldap3 then reads Exchange attributes."""
-    url = url or lab.ldaps_url
-    tls = Tls(validate=ssl.CERT_NONE)
-    server = Server(url, use_ssl=url.startswith("ldaps:"), get_info=NONE, tls=tls)
-    conn = Connection(
-        server,
-        user=lab.admin_user,
-        password=lab.password_file.read_text(),
-        authentication=SIMPLE,
-        receive_timeout=10,
-    )
-    conn.open()
-    if start_tls:
-        assert conn.start_tls(), conn.result
-    assert conn.bind(), conn.result
-    return conn
-
-
 def _entries(conn: Connection) -> list[dict[str, Any]]:
     return [e for e in conn.response or [] if e["type"] == "searchResEntry"]
 
@@ -585,7 +562,7 @@ def test_the_exchange_directory_plan() -> None:
 
 def test_exchange_servers_are_found_under_the_exchange_container(lab: Lab) -> None:
     directory = lab.exchange_directory
-    conn = _ldap(lab)
+    conn = lab.admin_ldap()
     try:
         conn.search(
             directory.exchange_dn,
@@ -608,7 +585,7 @@ def test_exchange_servers_are_found_under_the_exchange_container(lab: Lab) -> No
 
 def test_receive_connectors_carry_their_security_flags(lab: Lab) -> None:
     directory = lab.exchange_directory
-    conn = _ldap(lab)
+    conn = lab.admin_ldap()
     try:
         conn.search(
             directory.exchange_dn,
@@ -628,7 +605,7 @@ def test_receive_connectors_carry_their_security_flags(lab: Lab) -> None:
 
 def test_each_account_holds_exactly_its_planned_spns(lab: Lab) -> None:
     directory = lab.exchange_directory
-    conn = _ldap(lab)
+    conn = lab.admin_ldap()
     try:
         held = _all_spns(conn, directory.domain_dn)
         conn.search(
@@ -668,11 +645,11 @@ def test_each_account_holds_exactly_its_planned_spns(lab: Lab) -> None:
 def test_duplicate_spns_are_visible_over_ldap_and_the_global_catalog(lab: Lab, where: str) -> None:
     directory = lab.exchange_directory
     if where == "ldaps-636":
-        conn, base = _ldap(lab), directory.domain_dn
+        conn, base = lab.admin_ldap(), directory.domain_dn
     elif where == "gc-3268-starttls":
-        conn, base = _ldap(lab, lab.gc_url, start_tls=True), ""  # "": the whole forest
+        conn, base = lab.admin_ldap(lab.gc_url, start_tls=True), ""  # "": the whole forest
     else:
-        conn, base = _ldap(lab, lab.gc_ldaps_url), ""
+        conn, base = lab.admin_ldap(lab.gc_ldaps_url), ""
     try:
         held = _all_spns(conn, base)
     finally:
@@ -689,7 +666,7 @@ def test_duplicate_spns_are_visible_over_ldap_and_the_global_catalog(lab: Lab, w
 def test_samba_refuses_a_duplicate_spn_over_ldap(lab: Lab) -> None:
     # Why the lab writes its duplicates into the partition file: the DC's own check.
     directory = lab.exchange_directory
-    conn = _ldap(lab)
+    conn = lab.admin_ldap()
     try:
         ok = conn.modify(  # type: ignore[no-untyped-call]
             directory.account("EXCH1$").dn,
@@ -850,7 +827,7 @@ def test_pausing_ldap_hangs_ldap_while_kerberos_and_dns_answer(lab: Lab) -> None
         assert dns_answer_count(address, f"_ldap._tcp.dc._msdcs.{lab.domain}", DNS_TYPE_SRV)
     assert not lab.ldap_paused
     assert lab.failures() == []
-    conn = _ldap(lab)
+    conn = lab.admin_ldap()
     try:
         conn.search("", "(objectClass=*)", search_scope="BASE", attributes=["dnsHostName"])
         assert _entries(conn)[0]["attributes"]["dnsHostName"] == ["dc1.corp.example.test"]
@@ -903,13 +880,13 @@ def test_the_replica_is_a_dc_of_its_own_that_replicates_with_dc1(lab: Lab) -> No
 def test_a_change_written_on_dc1_reaches_the_replica(lab: Lab) -> None:
     token = f"replicated {time.time_ns()}"
     users = f"CN=Users,{lab.exchange_directory.domain_dn}"
-    conn = _ldap(lab)
+    conn = lab.admin_ldap()
     try:
         changes = {"description": [("MODIFY_REPLACE", [token])]}
         assert conn.modify(users, changes), conn.result  # type: ignore[no-untyped-call]
     finally:
         conn.unbind()
-    replica = _ldap(lab, f"ldaps://{lab.replica_dc.address}:636")
+    replica = lab.admin_ldap(f"ldaps://{lab.replica_dc.address}:636")
     try:
 
         def arrived() -> bool:
